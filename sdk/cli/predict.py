@@ -1,0 +1,95 @@
+"""``mtsim predict``: all heads for every structure in files ASE can read."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import numpy as np
+
+from mtsim.units import GPA
+
+
+def load_model(model, device, precision):
+    """The model the command uses (tests replace this function)."""
+    import mtsim
+
+    return mtsim.load(model, device=device, precision=precision)
+
+
+def read_structures(paths):
+    """Every frame of every file, as (label, ase.Atoms)."""
+    import ase.io
+
+    frames = []
+    for path in paths:
+        try:
+            images = ase.io.read(path, index=":")
+        except Exception as err:  # ASE raises many types for unreadable files
+            raise click.ClickException(f"cannot read {path}: {err}") from None
+        if not images:
+            raise click.ClickException(f"{path} holds no structures")
+        frames += [(f"{path}[{k}]" if len(images) > 1 else str(path), atoms) for k, atoms in enumerate(images)]
+    return frames
+
+
+def summary(label, atoms, p) -> str:
+    """One readable line per structure."""
+    pressure = f"{-np.trace(p.stress) / 3 / GPA:9.3f} GPa" if atoms.cell.rank == 3 else "      n/a    "
+    fmax = np.linalg.norm(p.forces, axis=1).max()
+    mean_z = np.abs(np.diagonal(p.born_charges, axis1=1, axis2=2)).mean()
+    eps = " ".join(f"{v:.3f}" for v in np.diag(p.dielectric))
+    return (f"{label}: {atoms.get_chemical_formula()} ({len(atoms)} atoms)  E = {p.energy:.6f} eV "
+            f"({p.energy / len(atoms):.6f} eV/atom)  P = {pressure}  max|F| = {fmax:.4f} eV/Å  "
+            f"mean|Z*_aa| = {mean_z:.3f} e  eps_inf diag = [{eps}]")
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model_path", default=None, help="ONNX model file (default: the bundled model).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "float64"]), default=None)
+@click.option("--format", "fmt", type=click.Choice(["json", "extxyz"]), default="extxyz", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write all heads of every structure here.")
+@click.option("--allow-overlap", is_flag=True, help="Do not reject atoms closer than 0.1 Å.")
+def predict(files, model_path, device, precision, fmt, output, allow_overlap):
+    """Predict energy, forces, stress, magmoms, charges, Born charges and eps_inf for FILES (any ASE format)."""
+    frames = read_structures(files)
+    model = load_model(model_path, device, precision)
+    results = []
+    with click.progressbar(frames, label="predicting", file=click.get_text_stream("stderr"), show_pos=True) as bar:
+        for label, atoms in bar:
+            try:
+                p = model.predict(atoms, allow_overlap=allow_overlap)
+            except ValueError as err:
+                raise click.ClickException(f"{label}: {err}") from None
+            results.append((label, atoms, p))
+    for label, atoms, p in results:
+        click.echo(summary(label, atoms, p))
+    if output:
+        write_predictions(output, fmt, results)
+        click.echo(f"wrote {len(results)} structure(s) to {output}")
+
+
+def write_predictions(path, fmt, results) -> None:
+    """``json``: a list of objects (label, formula, every head as nested lists); ``extxyz``: one frame per
+    structure with per-atom heads as arrays and per-structure heads in the info line."""
+    if fmt == "json":
+        records = [{"label": label, "formula": atoms.get_chemical_formula(),
+                    **{k: np.asarray(v).tolist() for k, v in p.as_dict().items()}} for label, atoms, p in results]
+        with open(path, "w") as handle:
+            json.dump(records, handle, indent=1)
+        return
+    import ase.io
+
+    frames = []
+    for _, atoms, p in results:
+        atoms = atoms.copy()
+        atoms.calc = None
+        atoms.info.update(energy=p.energy, stress=np.asarray(p.stress).reshape(9),
+                          dielectric=np.asarray(p.dielectric).reshape(9))
+        atoms.arrays.update(forces=p.forces, magmoms=p.magmoms, charges=p.charges,
+                            born_charges=p.born_charges.reshape(len(atoms), 9))
+        frames.append(atoms)
+    ase.io.write(path, frames, format="extxyz")

@@ -1,0 +1,68 @@
+"""Structures -> model inputs (the flat-edge layout of the ONNX contract).
+
+The graph of a batch holds every ordered pair (i, j) with |r_ij| < cutoff, periodic images through integer
+cell shifts, plus one self edge (i, i, 0) per atom. ``r_ij = positions[j] - positions[i] + shifts @ cell``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mtsim.kernels import batched_neighbor_list
+from mtsim.structure import Structure, as_structure
+
+MIN_DISTANCE = 0.1
+"""Å. Two atoms closer than this are reported as overlapping."""
+
+
+def build_graph(structures: Sequence, cutoff: float, dtype=np.float64, check_overlap: bool = True
+                ) -> dict[str, np.ndarray]:
+    """Model inputs for a batch of structures (``ase.Atoms`` or ``Structure``).
+
+    Returns ``numbers`` int64 [n], ``positions`` [n,3] Å, ``cell`` [b,3,3] Å, ``batch`` int64 [n],
+    ``edge_index`` int64 [2,e], ``shifts`` [e,3] (integer cell shifts stored as floats); floats in ``dtype``.
+    Raises ``ValueError`` for overlapping atoms (closer than ``MIN_DISTANCE``) unless ``check_overlap`` is False.
+    """
+    structures: list[Structure] = [as_structure(s) for s in structures]
+    if not structures:
+        raise ValueError("no structures given")
+    n_atoms = np.array([len(s) for s in structures], dtype=np.int64)
+    positions = np.concatenate([s.positions for s in structures])
+    cells = np.stack([s.cell for s in structures])
+    pbcs = np.stack([s.pbc for s in structures])
+    i, j, shifts = batched_neighbor_list(positions, cells, pbcs, n_atoms, cutoff, self_interaction=True)
+    batch = np.repeat(np.arange(len(structures), dtype=np.int64), n_atoms)
+    if check_overlap:
+        check_overlaps(positions, cells, batch, i, j, shifts)
+    return {
+        "numbers": np.concatenate([s.numbers for s in structures]),
+        "positions": positions.astype(dtype),
+        "cell": cells.astype(dtype),
+        "batch": batch,
+        "edge_index": np.stack([i, j]).astype(np.int64),
+        "shifts": shifts.astype(dtype),
+    }
+
+
+def edge_vectors(positions, cells, batch, i, j, shifts) -> np.ndarray:
+    """r_ij = positions[j] - positions[i] + shifts @ cell, Å, [e,3]."""
+    return positions[j] - positions[i] + np.einsum("ek,ekl->el", shifts, cells[batch[i]])
+
+
+def check_overlaps(positions, cells, batch, i, j, shifts, min_distance: float = MIN_DISTANCE) -> None:
+    """Raise ``ValueError`` naming the first pair of atoms closer than ``min_distance`` Å."""
+    not_self = (i != j) | np.any(shifts != 0, axis=1)
+    if not not_self.any():
+        return
+    d = np.linalg.norm(edge_vectors(positions, cells, batch, i, j, shifts)[not_self], axis=1)
+    close = np.flatnonzero(d < min_distance)
+    if close.size:
+        k = close[0]
+        a, b = i[not_self][k], j[not_self][k]
+        first = np.searchsorted(batch, batch[a])
+        raise ValueError(
+            f"overlapping atoms: atoms {a - first} and {b - first} of structure {batch[a]} are "
+            f"{d[k]:.4f} Å apart (minimum {min_distance} Å)"
+        )

@@ -1,0 +1,200 @@
+"""Loading an exported mtsim ONNX file and predicting every head with onnxruntime (no torch).
+
+>>> import mtsim
+>>> model = mtsim.load("mtsim-1M.float64.onnx")          # doctest: +SKIP
+>>> p = model.predict(atoms)                              # doctest: +SKIP
+>>> p.energy, p.forces.shape, p.born_charges.shape        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtsim.graph import build_graph
+from mtsim.onnx_format import ModelFileError, check_metadata
+from mtsim.structure import Structure, as_structure
+
+PROPERTIES = ("energy", "forces", "stress", "magmoms", "charges", "born_charges", "dielectric")
+INPUTS = ("numbers", "positions", "cell", "batch", "edge_index", "shifts")
+PER_STRUCTURE = ("energy", "stress", "dielectric")
+MODELS_DIR = Path(__file__).parent / "models"
+DEFAULT_MODEL = "mtsim-default"
+
+
+@dataclass
+class Prediction:
+    """Every head for one structure, plain numpy.
+
+    energy (eV), forces [n,3] (eV/Å), stress [3,3] (eV/Å^3, ASE sign: positive = tensile; zero for a cell
+    without volume), magmoms [n] (μB), charges [n] (e), born_charges [n,3,3] (e; ``Z[i, a, b] = dF_ib/dE_a``,
+    field index first, as phonopy), dielectric [3,3] (eps_inf).
+    """
+
+    energy: float
+    forces: np.ndarray
+    stress: np.ndarray
+    magmoms: np.ndarray
+    charges: np.ndarray
+    born_charges: np.ndarray
+    dielectric: np.ndarray
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in PROPERTIES}
+
+
+def cuda_usable() -> bool:
+    """True if onnxruntime has the CUDA provider and the driver reports at least one GPU (checked quietly)."""
+    import ctypes
+
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return libcuda.cuInit(0) == 0 and libcuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
+def find_model_file(model: str | os.PathLike | None, precision: str | None) -> Path:
+    """Resolve ``model`` (None = bundled default; a file; or a stem with ``.float32.onnx``/``.float64.onnx``)."""
+    if model is None:
+        stem = MODELS_DIR / DEFAULT_MODEL
+        candidates = [Path(f"{stem}.{p}.onnx") for p in ((precision,) if precision else ("float32", "float64"))]
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise FileNotFoundError(
+            f"the bundled default model is missing: none of {[str(c) for c in candidates]} exists. "
+            "Pass a model file (mtsim.load('model.onnx')) or export one with `mtsim convert`."
+        )
+    path = Path(model)
+    if path.is_file():
+        return path
+    stems = [Path(f"{path}.{p}.onnx") for p in ((precision,) if precision else ("float32", "float64"))]
+    for candidate in stems:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"model file not found: {path}")
+
+
+class Model:
+    """An exported mtsim model on an onnxruntime session.
+
+    ``metadata``: the ONNX metadata dict; ``elements``: supported atomic numbers; ``cutoff`` (Å);
+    ``precision``: ``"float32"`` or ``"float64"``; ``device``: ``"cpu"`` or ``"cuda"``.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda" and not cuda_usable():
+            raise RuntimeError("device='cuda' asked for, but onnxruntime-gpu with a usable CUDA GPU is not present")
+        self.device = "cuda" if device == "cuda" or (device == "auto" and cuda_usable()) else "cpu"
+        providers = (["CUDAExecutionProvider"] if self.device == "cuda" else []) + ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        options.log_severity_level = 3
+        if not self.path.is_file():
+            raise ModelFileError(f"model file not found: {self.path}")
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types for corrupt files
+            raise ModelFileError(f"{self.path} is not a readable ONNX file (corrupt or truncated?): {err}") from None
+        self.metadata = check_metadata(dict(self.session.get_modelmeta().custom_metadata_map), self.path)
+        self.cutoff = float(self.metadata["cutoff"])
+        self.precision = self.metadata["precision"]
+        self.dtype = np.dtype(self.precision)
+        self.elements = tuple(int(z) for z in self.metadata["elements"].split(","))
+
+    def __repr__(self) -> str:
+        return (f"mtsim.Model({self.metadata.get('model_name', '?')}, {self.precision}, device={self.device!r}, "
+                f"path={str(self.path)!r})")
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def check_elements(self, numbers: np.ndarray) -> None:
+        unknown = sorted(set(np.unique(numbers).tolist()) - set(self.elements))
+        if unknown:
+            from ase.data import chemical_symbols
+
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+            raise ValueError(f"unknown element: the model does not support {names}")
+
+    def evaluate(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph on prebuilt inputs (``mtsim.graph.build_graph`` layout); returns the raw batched outputs."""
+        for name in ("positions", "cell", "shifts"):
+            if inputs[name].dtype != self.dtype:
+                raise ValueError(f"input {name!r} is {inputs[name].dtype}, but this model file is {self.precision}")
+        outputs = self.session.run(list(PROPERTIES), {name: inputs[name] for name in INPUTS})
+        return dict(zip(PROPERTIES, outputs))
+
+    def predict(self, structures, properties: Sequence[str] | None = None, batch_size: int | None = None,
+                allow_overlap: bool = False) -> Prediction | list[Prediction]:
+        """Predict every head for an ``ase.Atoms`` / ``mtsim.Structure`` or a list of them.
+
+        Lists are evaluated in batches of at most ``batch_size`` structures (default: bounded by an atom budget).
+        ``properties`` is accepted for API symmetry; the graph computes all heads in one pass.
+        """
+        if properties is not None:
+            unknown = set(properties) - set(PROPERTIES)
+            if unknown:
+                raise ValueError(f"unknown properties {sorted(unknown)}; available: {PROPERTIES}")
+        single = not isinstance(structures, (list, tuple))
+        items: list[Structure] = [as_structure(s) for s in ([structures] if single else structures)]
+        if not items:
+            raise ValueError("no structures given")
+        for s in items:
+            self.check_elements(s.numbers)
+        results: list[Prediction] = []
+        for chunk in _batches(items, batch_size):
+            graph = build_graph(chunk, self.cutoff, dtype=self.dtype, check_overlap=not allow_overlap)
+            out = self.evaluate(graph)
+            start = 0
+            for k, s in enumerate(chunk):
+                atoms = slice(start, start + len(s))
+                start += len(s)
+                values = {key: (out[key][k] if key in PER_STRUCTURE else out[key][atoms]) for key in PROPERTIES}
+                values["energy"] = float(values["energy"])
+                results.append(Prediction(**values))
+        return results[0] if single else results
+
+
+ATOM_BUDGET = 2048
+"""Atoms per batch when evaluating lists of structures."""
+
+
+def _batches(items: list[Structure], batch_size: int | None):
+    batch: list[Structure] = []
+    atoms = 0
+    for s in items:
+        if batch and ((batch_size and len(batch) >= batch_size) or atoms + len(s) > ATOM_BUDGET):
+            yield batch
+            batch, atoms = [], 0
+        batch.append(s)
+        atoms += len(s)
+    if batch:
+        yield batch
+
+
+def load(model: str | os.PathLike | None = None, device: str = "auto", precision: str | None = None,
+         threads: int | None = None) -> Model:
+    """Load an mtsim ONNX model (``None``: the bundled default). ``device``: ``"auto"``, ``"cpu"`` or ``"cuda"``;
+    ``precision``: ``"float32"``/``"float64"`` picks between files of one stem; ``threads``: intra-op threads."""
+    if precision not in (None, "float32", "float64"):
+        raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
+    path = find_model_file(model, precision)
+    loaded = Model(path, device=device, threads=threads)
+    if precision is not None and loaded.precision != precision:
+        raise ValueError(f"{path} is a {loaded.precision} model, but precision={precision!r} was asked for")
+    return loaded

@@ -1,0 +1,370 @@
+"""Export a trained model to one fixed ONNX graph per precision, forces and stress inside the graph.
+
+``export(model_or_checkpoint, path, precision)`` writes the file described by ``mtsim.converters.onnx_format``
+(the ONNX contract of ``shared/design/model-spec.md``).
+
+How (each step is there because the obvious alternative fails with torch 2.13 / onnxscript 0.7 /
+onnxruntime 1.3x):
+
+1. A wrapper module runs ``MTModel.forward(..., compute_forces=True)`` in eval mode, so the graph holds the
+   energy, its ``torch.autograd.grad`` with respect to positions and strain, and the other heads.
+2. ``make_fx(tracing_mode="symbolic")`` traces forward *and* backward into one aten graph (``dynamo=True`` on a
+   module calling ``autograd.grad``, ``torch.func`` transforms and the TorchScript exporter all fail). The
+   example graph has distinct, non-trivial sizes (n=7 atoms in b=2 structures, e=31 edges) so that no size is
+   specialised. ``aten.native_layer_norm`` and its backward are decomposed during tracing into plain
+   arithmetic in the model's dtype: onnxruntime's ``LayerNormalization`` keeps float32 statistics, which the
+   backward then mixes with doubles (float64 error ~1e-8).
+3. ``torch.onnx.export(graph_module, dynamo=True, optimize=False)`` with dynamic n, e, b. The onnxscript
+   optimizer is off: its rewrites delete ``x + eps`` terms (the equivariant layer norm's ``+ eps``).
+4. The ONNX model is post-processed: IR version pinned (``IR_VERSION``; onnx 1.23 writes IR 14 which
+   onnxruntime 1.31 refuses), metadata added, and ``check_graph`` run: no ``ScatterND`` with
+   ``reduction="add"`` (onnxruntime's CPU kernel races with more than one thread: forces wrong and different
+   every run; the model uses ``gather``/``scatter_add`` so that forward and backward become
+   ``GatherElements``/``ScatterElements``), every input and output dim that the contract makes dynamic is
+   still symbolic, and every float tensor (inputs, outputs, initializers, constants, casts) has the file's
+   precision.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtsim.converters.onnx_format import (
+    FORMAT_NAME, FORMAT_VERSION, INPUT_LAYOUT, INPUT_NAMES, INPUT_SHAPES, KEY_FORMAT, KEY_VERSION,
+    OUTPUT_NAMES, OUTPUT_SHAPES, PRECISIONS, UNITS,
+)
+from mtsim.training.checkpoint import checkpoint_hash, load_checkpoint
+from mtsim.training.model import MAX_Z, PROPERTIES, MTModel
+
+OPSET = 18
+"""ONNX opset of exported files."""
+IR_VERSION = 10
+"""ONNX IR version written into exported files (onnxruntime >= 1.20 reads IR 10)."""
+UNTRAINED = "untrained / none"
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+"""Bytes of weights above which they are written to ``<path>.data`` (protobuf's 2 GB limit)."""
+
+assert tuple(PROPERTIES) == OUTPUT_NAMES, "model outputs and ONNX contract disagree"
+
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_ONNX_FLOAT_TYPES = {"float32": 1, "float64": 11}  # onnx.TensorProto.FLOAT / DOUBLE
+
+
+class ExportError(RuntimeError):
+    """The exported graph breaks the ONNX contract (e.g. a racy ScatterND(add), static dims, wrong dtypes)."""
+
+
+class ForceStressModule(nn.Module):
+    """``MTModel`` as a function of the six contract inputs returning the seven outputs as a tuple."""
+
+    def __init__(self, model: MTModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, numbers, positions, cell, batch, edge_index, shifts):
+        out = self.model(numbers, positions, cell, batch, edge_index, shifts, compute_forces=True)
+        return tuple(out[name] for name in OUTPUT_NAMES)
+
+
+def example_inputs(dtype: torch.dtype, cutoff: float = 5.0) -> tuple[torch.Tensor, ...]:
+    """A small generic two-structure graph used for tracing only: n=7, b=2, e=31, all sizes distinct (and not
+    0, 1, 2 or 3 for n and e) so that symbolic tracing keeps them independent."""
+    rng = np.random.default_rng(0)
+    sizes = (4, 3)
+    numbers = np.array([8, 1, 1, 6, 14, 26, 29], dtype=np.int64)
+    cell = np.stack([np.diag([6.1, 5.7, 6.3]), np.array([[4.1, 0.2, 0.0], [0.3, 4.4, 0.1], [0.2, -0.1, 4.7]])])
+    positions = rng.uniform(0.0, 3.0, size=(7, 3))
+    batch = np.repeat(np.arange(2), sizes)
+    edges, shifts = [], []
+    first = 0
+    for k, size in enumerate(sizes):
+        atoms = range(first, first + size)
+        for i in atoms:
+            edges.append((i, i)), shifts.append((0, 0, 0))  # self edge
+            for j in atoms:
+                if j != i:
+                    edges.append((i, j)), shifts.append((0, 0, 0))
+        first += size
+    edges.append((4, 4)), shifts.append((1, 0, 0))
+    edges.append((4, 4)), shifts.append((-1, 0, 0))
+    edges.append((5, 6)), shifts.append((0, 1, 0))
+    while len(edges) < 31:  # pad with periodic images inside the second structure
+        i, j = rng.integers(4, 7, size=2)
+        edges.append((i, j)), shifts.append(tuple(rng.integers(-1, 2, size=3)))
+    edge_index = np.array(edges, dtype=np.int64).T.copy()
+    as_float = {"dtype": dtype}
+    return (
+        torch.from_numpy(numbers), torch.tensor(positions, **as_float), torch.tensor(cell, **as_float),
+        torch.from_numpy(batch.astype(np.int64)), torch.from_numpy(edge_index),
+        torch.tensor(np.array(shifts, dtype=np.float64), **as_float),
+    )
+
+
+def _custom_translations() -> dict:
+    """onnxscript translations that replace the exporter's defaults.
+
+    ``aten.scalar_tensor``: the default turns the Python float into a float32 ``Constant`` and then casts it, so
+    a float64 file would carry every scalar constant (1/sqrt(d), GELU's coefficients, eps, ...) rounded to
+    float32 (~2e-8 relative error). Here the constant is created in the requested dtype directly.
+    ``aten.eye`` (the dielectric's identity): a constant, instead of the default's float ``Range`` + compares.
+    """
+    from onnxscript import ir
+    from onnxscript import opset18 as op
+
+    def scalar_tensor(s: float, dtype: int = 1, layout: str = "", device: str = "", pin_memory: bool = False):
+        numpy_dtype = ir.DataType(dtype if dtype not in (None, -1) else 1).numpy()
+        return op.Constant(value=ir.tensor(np.array(s, dtype=numpy_dtype)))
+
+    def eye(n: int, dtype: int = 1, layout: str = "", device: str = "", pin_memory: bool = False):
+        numpy_dtype = ir.DataType(dtype if dtype not in (None, -1) else 1).numpy()
+        return op.Constant(value=ir.tensor(np.eye(n, dtype=numpy_dtype)))
+
+    return {torch.ops.aten.scalar_tensor.default: scalar_tensor, torch.ops.aten.eye.default: eye}
+
+
+def _decompositions() -> dict:
+    from torch._decomp import get_decompositions
+
+    aten = torch.ops.aten
+    return get_decompositions([aten.native_layer_norm, aten.native_layer_norm_backward])
+
+
+_FULL = 2**62
+
+
+def _is_full_slice(start, end, step) -> bool:
+    return start in (0, None) and (end is None or (isinstance(end, int) and end >= _FULL)) and step in (1, None)
+
+
+def simplify(graph_module) -> int:
+    """Remove full slices (``x[:, None]`` traces as ``slice(x, 0, 0, 2**63-1)``) and their backward passes
+    (``slice_backward``, which the exporter writes as zeros + ``ScatterND``): both are the identity.
+    Returns the number of nodes removed."""
+    aten = torch.ops.aten
+    removed = 0
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target == aten.slice.Tensor:
+            args = list(node.args) + [None] * (5 - len(node.args))
+            _, _, start, end, step = args[:5]
+            start = node.kwargs.get("start", start if len(node.args) > 2 else 0)
+            end = node.kwargs.get("end", end)
+            step = node.kwargs.get("step", step if len(node.args) > 4 else 1)
+        elif node.target == aten.slice_backward.default:
+            _, _, _, start, end, step = node.args
+        else:
+            continue
+        if _is_full_slice(start, end, step):
+            node.replace_all_uses_with(node.args[0])
+            graph_module.graph.erase_node(node)
+            removed += 1
+    graph_module.graph.eliminate_dead_code()
+    graph_module.recompile()
+    return removed
+
+
+def trace(model: MTModel, dtype: torch.dtype):
+    """The forward+backward aten graph of ``model`` (a ``torch.fx.GraphModule`` with symbolic sizes)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    module = ForceStressModule(model).eval()
+    args = example_inputs(dtype, model.config.cutoff)
+    with torch.enable_grad():
+        graph_module = make_fx(module, tracing_mode="symbolic", decomposition_table=_decompositions(),
+                               _allow_non_fake_inputs=True)(*args)
+    simplify(graph_module)
+    return graph_module, args
+
+
+def _resolve(model_or_checkpoint) -> tuple[MTModel, str]:
+    if isinstance(model_or_checkpoint, MTModel):
+        return model_or_checkpoint, "none"
+    if isinstance(model_or_checkpoint, (str, os.PathLike)):
+        path = os.fspath(model_or_checkpoint)
+        model = load_checkpoint(path)
+        return model, checkpoint_hash(path)
+    raise TypeError(f"export() takes an MTModel or a checkpoint path, got {type(model_or_checkpoint).__name__}")
+
+
+def export_metadata(model: MTModel, precision: str, checkpoint_sha256: str = "none") -> dict[str, str]:
+    """The ``metadata_props`` of an export of ``model`` (all values strings)."""
+    import mtsim
+
+    meta = dict(getattr(model, "metadata", {}) or {})
+    provenance = meta.get("training_data", meta.get("provenance", UNTRAINED))
+    return {
+        KEY_FORMAT: FORMAT_NAME,
+        KEY_VERSION: str(FORMAT_VERSION),
+        "input_layout": INPUT_LAYOUT,
+        "model_name": str(meta.get("name", f"mtsim-{model.config.preset}")),
+        "model_preset": model.config.preset,
+        "model_config": json.dumps(asdict(model.config), sort_keys=True),
+        "cutoff": repr(float(model.config.cutoff)),
+        "supported_elements": json.dumps(list(range(1, MAX_Z + 1))),
+        "heads": json.dumps(list(OUTPUT_NAMES)),
+        "precision": precision,
+        "units": json.dumps(UNITS, ensure_ascii=False),
+        "parameter_count": str(model.num_parameters()),
+        "training_data": provenance if isinstance(provenance, str) else json.dumps(provenance, sort_keys=True),
+        "source_checkpoint_sha256": checkpoint_sha256,
+        "mtsim_version": getattr(mtsim, "__version__", "unknown"),
+    }
+
+
+def export(model_or_checkpoint, path: str | os.PathLike, precision: str = "float32", *,
+           metadata: dict[str, str] | None = None, verbose: bool = False) -> dict[str, str]:
+    """Write ``model_or_checkpoint`` (an ``MTModel`` or a checkpoint path) to ``path`` as an mtsim ONNX file.
+
+    ``precision`` ("float32" or "float64") is the type of every float input, output and weight of the file.
+    ``metadata`` entries are added to (or override) the written metadata. Runs ``check_graph`` on the result
+    and raises ``ExportError`` if the graph breaks the contract. Returns the metadata written.
+    """
+    import onnx
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    source, checkpoint_sha256 = _resolve(model_or_checkpoint)
+    dtype = _TORCH_DTYPES[precision]
+    model = copy.deepcopy(source).to(device="cpu", dtype=dtype).eval().requires_grad_(False)
+
+    start = time.perf_counter()
+    graph_module, args = trace(model, dtype)
+    traced = time.perf_counter()
+    from torch.export import Dim
+
+    n, e, b = Dim("n"), Dim("e"), Dim("b")
+    dims = {"n": n, "e": e, "b": b}
+    dynamic_shapes = tuple(
+        {axis: dims[size] for axis, size in enumerate(INPUT_SHAPES[name]) if isinstance(size, str)}
+        for name in INPUT_NAMES
+    )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph_module, args, dynamo=True, dynamic_shapes=dynamic_shapes, optimize=False,
+            opset_version=OPSET, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            verbose=verbose, report=False, custom_translation_table=_custom_translations(),
+        )
+    proto = program.model_proto
+    exported = time.perf_counter()
+
+    proto.ir_version = IR_VERSION
+    proto.producer_name = "mtsim"
+    written = export_metadata(model, precision, checkpoint_sha256)
+    written.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    del proto.metadata_props[:]
+    for key, value in written.items():
+        proto.metadata_props.add(key=key, value=value)
+    check_graph(proto, precision)
+
+    path = os.fspath(path)
+    tmp = f"{path}.tmp"
+    weight_bytes = sum(np.prod(init.dims) * (8 if precision == "float64" else 4) for init in proto.graph.initializer)
+    if weight_bytes > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=os.path.basename(path) + ".data")
+    else:
+        onnx.save_model(proto, tmp)
+    os.replace(tmp, path)
+    if verbose:
+        print(f"traced in {traced - start:.1f} s, exported in {exported - traced:.1f} s, "
+              f"{len(proto.graph.node)} nodes -> {path}")
+    return written
+
+
+# ----------------------------------------------------------------------------------------------- graph checks
+def check_graph(model, precision: str | None = None) -> None:
+    """Raise ``ExportError`` if the ONNX ``model`` (a ``ModelProto`` or a path) breaks the export rules:
+
+    * a ``ScatterND`` with ``reduction="add"`` (racy on onnxruntime's CPU provider);
+    * an input or output dim that the contract makes dynamic (n, e, b) is fixed, or a fixed dim has the wrong
+      size (``torch.onnx.export`` silently falls back to static shapes);
+    * wrong input/output names or order;
+    * (with ``precision``) a float tensor of the other precision among inputs, outputs, initializers,
+      ``Constant`` nodes and ``Cast`` targets.
+    """
+    import onnx
+
+    if isinstance(model, (str, os.PathLike)):
+        model = onnx.load(os.fspath(model), load_external_data=False)
+    from mtsim.converters.onnx_format import _all_nodes, _shape_of
+
+    problems = []
+    for node in _all_nodes(model):
+        if node.op_type == "ScatterND":
+            reduction = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "reduction"),
+                             b"none")
+            reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
+            if reduction != "none":
+                problems.append(
+                    f"node {node.name!r} is ScatterND(reduction={reduction!r}), which races on onnxruntime's CPU "
+                    f"provider with more than one thread; write the reduction with Tensor.scatter_add so that it "
+                    f"becomes ScatterElements"
+                )
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    names = tuple(v.name for v in inputs)
+    if names != INPUT_NAMES:
+        problems.append(f"inputs are {list(names)}, expected {list(INPUT_NAMES)}")
+    if tuple(v.name for v in graph.output) != OUTPUT_NAMES:
+        problems.append(f"outputs are {[v.name for v in graph.output]}, expected {list(OUTPUT_NAMES)}")
+    for values, shapes, kind in ((inputs, INPUT_SHAPES, "input"), (graph.output, OUTPUT_SHAPES, "output")):
+        for value in values:
+            if value.name not in shapes:
+                continue
+            shape, expected = _shape_of(value), shapes[value.name]
+            if len(shape) != len(expected):
+                problems.append(f"{kind} {value.name!r} has rank {len(shape)}, expected shape {expected}")
+                continue
+            for got, want in zip(shape, expected):
+                if isinstance(want, str) and not isinstance(got, str):
+                    problems.append(f"{kind} {value.name!r} has a static dim {got} where {want!r} must be "
+                                    f"dynamic (shape {shape}); the exporter specialised it")
+                elif isinstance(want, int) and got != want:
+                    problems.append(f"{kind} {value.name!r} has shape {shape}, expected {expected}")
+    if precision is not None:
+        problems += _precision_problems(model, precision)
+    if problems:
+        raise ExportError("exported ONNX graph breaks the contract:\n  " + "\n  ".join(problems))
+
+
+def _precision_problems(model, precision: str) -> list[str]:
+    import onnx
+
+    want = _ONNX_FLOAT_TYPES[precision]
+    other = {1: "float32", 11: "float64", 10: "float16", 16: "bfloat16"}
+    bad_types = {t for t in other if t != want}
+    problems = []
+    graph = model.graph
+    for value in list(graph.input) + list(graph.output):
+        elem = value.type.tensor_type.elem_type
+        if elem in bad_types:
+            problems.append(f"{value.name!r} is {other[elem]}, the file is {precision}")
+    for init in graph.initializer:
+        if init.data_type in bad_types:
+            problems.append(f"initializer {init.name!r} is {other[init.data_type]}, the file is {precision}")
+    from mtsim.converters.onnx_format import _all_nodes
+
+    for node in _all_nodes(model):
+        for attribute in node.attribute:
+            if node.op_type == "Constant" and attribute.type == onnx.AttributeProto.TENSOR:
+                if attribute.t.data_type in bad_types:
+                    problems.append(f"Constant {node.name!r} is {other[attribute.t.data_type]}")
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i in bad_types:
+                problems.append(f"Cast {node.name!r} to {other[attribute.i]}")
+            if node.op_type == "ConstantOfShape" and attribute.type == onnx.AttributeProto.TENSOR:
+                if attribute.t.data_type in bad_types:
+                    problems.append(f"ConstantOfShape {node.name!r} is {other[attribute.t.data_type]}")
+    return problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])

@@ -1,0 +1,443 @@
+"""The MatterSim-MT model: a GeoMFormer-style transformer with seven property heads.
+
+Implements ``shared/design/model-spec.md``. One forward pass maps the flat-edge graph of a batch of structures
+(see ``mtsim.graph``) to
+
+=============== ========== =============================================================
+``energy``      [b]        eV
+``forces``      [n,3]      eV/Å, ``-dE/dpositions``
+``stress``      [b,3,3]    eV/Å^3, ``(1/V) dE/dstrain`` (ASE sign; zero where the cell has no volume)
+``magmoms``     [n]        μB
+``charges``     [n]        e, summing to zero per structure
+``born_charges`` [n,3,3]   e, ``Z[i, a, b] = dF_ib / dE_a`` (field index first), summing to zero per structure
+``dielectric``  [b,3,3]    eps_inf, symmetric
+=============== ========== =============================================================
+
+Implementation rules that keep the model exportable to a fixed ONNX graph (see ``mtsim.training.export``):
+gathers use ``Tensor.gather`` and reductions ``Tensor.scatter_add`` (their backward passes are each other, so the
+traced graph holds no ``index_put``/``ScatterND``); no data-dependent control flow; GELU is the tanh form, which
+every onnxruntime kernel has in float32 and float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+MAX_Z = 94
+PROPERTIES = ("energy", "forces", "stress", "magmoms", "charges", "born_charges", "dielectric")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters (Table S1). ``num_blocks`` transformer blocks, each with four attention modules."""
+
+    num_blocks: int = 2
+    dim: int = 128
+    ffn_dim: int = 128
+    num_heads: int = 8
+    num_gaussians: int = 64
+    cutoff: float = 5.0
+    preset: str = "custom"
+
+    def __post_init__(self):
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
+        if self.cutoff <= 0:
+            raise ValueError(f"cutoff must be positive, got {self.cutoff}")
+
+
+PRESETS = {
+    "1M": ModelConfig(2, 128, 128, 8, 64, 5.0, "1M"),
+    "10M": ModelConfig(3, 320, 320, 16, 128, 5.0, "10M"),
+    "220M": ModelConfig(6, 768, 3078, 32, 128, 5.0, "220M"),
+    "1.3B": ModelConfig(9, 1536, 6144, 32, 128, 5.0, "1.3B"),
+}
+
+
+# ----------------------------------------------------------------------------------------------- graph helpers
+def gather(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` along dim 0, written as ``gather`` so that its backward is a ``scatter_add``."""
+    return x.gather(0, index.view(-1, *([1] * (x.dim() - 1))).expand(-1, *x.shape[1:]))
+
+
+def scatter_sum(src: Tensor, index: Tensor, size: int) -> Tensor:
+    """Sum the rows of ``src`` into ``size`` rows by ``index`` (dim 0)."""
+    out = src.new_zeros((size, *src.shape[1:]))
+    return out.scatter_add(0, index.view(-1, *([1] * (src.dim() - 1))).expand_as(src), src)
+
+
+def scatter_max(src: Tensor, index: Tensor, size: int) -> Tensor:
+    """Row-wise maximum of ``src`` grouped by ``index``; every group must be non-empty (self edges ensure it)."""
+    out = src.new_zeros((size, *src.shape[1:]))
+    idx = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+    return out.scatter_reduce(0, idx, src, reduce="amax", include_self=False)
+
+
+def smooth_cutoff(d: Tensor, cutoff: float) -> Tensor:
+    """m(d) = 1 - 6x^5 + 15x^4 - 10x^3, x = d / r_c; 0 beyond r_c (C^2 at r_c)."""
+    x = d / cutoff
+    m = 1.0 - x * x * x * (10.0 - x * (15.0 - 6.0 * x))
+    return torch.where(x < 1.0, m, torch.zeros_like(m))
+
+
+def triple_product(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """a · (b × c) for [..., 3] tensors (the signed cell volume for lattice rows a, b, c)."""
+    return (a[..., 0] * (b[..., 1] * c[..., 2] - b[..., 2] * c[..., 1])
+            + a[..., 1] * (b[..., 2] * c[..., 0] - b[..., 0] * c[..., 2])
+            + a[..., 2] * (b[..., 0] * c[..., 1] - b[..., 1] * c[..., 0]))
+
+
+@dataclass
+class Graph:
+    """Per-edge geometry shared by every module of one forward pass."""
+
+    receiver: Tensor  # i [e]
+    sender: Tensor  # j [e]
+    num_atoms: int
+    mask: Tensor  # m_ij [e]
+    unit: Tensor  # r_ij / |r_ij| [e,3]; zero on self edges
+    basis: Tensor  # Phi(|r_ij|) [e,K]
+
+    def aggregate(self, logits: Tensor, values: Tensor) -> Tensor:
+        """Renormalised smooth-mask attention: sum_j w_ij V_j, w_ij = exp(a_ij) m_ij / sum_k exp(a_ik) m_ik.
+
+        ``logits`` [e,H]; ``values`` [e,...,H,dh] (already gathered at the senders). The maximum subtracted for
+        stability is detached: it cancels exactly, so gradients are unchanged.
+        """
+        top = scatter_max(logits.detach(), self.receiver, self.num_atoms)
+        weight = torch.exp(logits - gather(top, self.receiver)) * self.mask[:, None]
+        norm = scatter_sum(weight, self.receiver, self.num_atoms)
+        weight = weight.view(weight.shape[0], *([1] * (values.dim() - 3)), weight.shape[1], 1)
+        out = scatter_sum(weight * values, self.receiver, self.num_atoms)
+        return out / norm.view(norm.shape[0], *([1] * (values.dim() - 3)), norm.shape[1], 1)
+
+
+# ----------------------------------------------------------------------------------------------- layers
+class GaussianBasis(nn.Module):
+    """Phi_k(d) = exp(-((d - mu_k) / sigma_k)^2 / 2) with learned means and widths, d in Å."""
+
+    def __init__(self, num: int, cutoff: float):
+        super().__init__()
+        self.means = nn.Parameter(torch.linspace(0.0, cutoff, num))
+        self.log_widths = nn.Parameter(torch.full((num,), math.log(cutoff / num)))
+
+    def forward(self, d: Tensor) -> Tensor:
+        z = (d[:, None] - self.means) * torch.exp(-self.log_widths)
+        return torch.exp(-0.5 * z * z)
+
+
+class EquivariantLayerNorm(nn.Module):
+    """e / sqrt(mean_c |e_c|^2 + eps) * w_c for e [n,3,d]; rotation-equivariant, no centring.
+
+    ``eps`` is 1 (in the units of e^2), not a tiny number: at sites whose environment is symmetric, e is zero up
+    to rounding, and with eps = 1e-6 each norm would amplify that rounding 1000-fold, so that after a few layers
+    the outputs depended on noise (a supercell then no longer gave the unit cell's per-atom outputs). With eps = 1
+    the map is a contraction for small e and a normalisation for large e.
+    """
+
+    def __init__(self, dim: int, eps: float = 1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, e: Tensor) -> Tensor:
+        norm2 = (e * e).sum(dim=1).mean(dim=-1)  # [n]
+        return e * torch.rsqrt(norm2 + self.eps)[:, None, None] * self.weight
+
+
+class Attention(nn.Module):
+    """Base of the four attention modules: head split and the edge-softmax of ``Graph.aggregate``."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+
+    def heads(self, t: Tensor) -> Tensor:
+        return t.reshape(*t.shape[:-1], self.num_heads, self.head_dim)
+
+    def attend(self, graph: Graph, q: Tensor, k: Tensor, v: Tensor, components: int = 1) -> Tensor:
+        """q, k, v [n,(3,)d]; logits sum over components and head channels, scaled 1/sqrt(components * dh)."""
+        q_i = gather(self.heads(q), graph.receiver)
+        k_j = gather(self.heads(k), graph.sender)
+        logits = (q_i * k_j).sum(-1)
+        if components > 1:
+            logits = logits.sum(1)
+        logits = logits / math.sqrt(components * self.head_dim)
+        out = graph.aggregate(logits, gather(self.heads(v), graph.sender))
+        return out.flatten(-2)
+
+
+class InvSelfAttention(Attention):
+    """Invariant self-attention: Q, K, V linear in x."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__(dim, num_heads)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, graph: Graph, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.out(self.attend(graph, q, k, v))
+
+
+class EquSelfAttention(Attention):
+    """Equivariant self-attention: Q, K, V linear in e (no bias); logits sum over the 3 components."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__(dim, num_heads)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, graph: Graph, e: Tensor) -> Tensor:
+        q, k, v = self.qkv(e).chunk(3, dim=-1)
+        return self.out(self.attend(graph, q, k, v, components=3))
+
+
+class InvCrossAttention(Attention):
+    """Invariant cross-attention: Q from x; K, V = sum_s (W1 e)_s ⊙ (W2 e)_s / sqrt(3), invariant."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__(dim, num_heads)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 4 * dim, bias=False)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, graph: Graph, x: Tensor, e: Tensor) -> Tensor:
+        k1, k2, v1, v2 = self.kv(e).chunk(4, dim=-1)
+        k = (k1 * k2).sum(1) / math.sqrt(3.0)
+        v = (v1 * v2).sum(1) / math.sqrt(3.0)
+        return self.out(self.attend(graph, self.q(x), k, v))
+
+
+class EquCrossAttention(Attention):
+    """Equivariant cross-attention: Q from e; K, V = (W1 x) ⊙ (W2 e)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__(dim, num_heads)
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv_x = nn.Linear(dim, 2 * dim)
+        self.kv_e = nn.Linear(dim, 2 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, graph: Graph, x: Tensor, e: Tensor) -> Tensor:
+        kx, vx = self.kv_x(x).chunk(2, dim=-1)
+        ke, ve = self.kv_e(e).chunk(2, dim=-1)
+        k = kx[:, None, :] * ke
+        v = vx[:, None, :] * ve
+        return self.out(self.attend(graph, self.q(e), k, v, components=3))
+
+
+class FeedForward(nn.Module):
+    """Invariant Linear-GELU-Linear and the gated equivariant map e -> W3(GELU(W1 x) ⊙ W2 e)."""
+
+    def __init__(self, dim: int, ffn_dim: int):
+        super().__init__()
+        self.inv = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.gate = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"))
+        self.equ_in = nn.Linear(dim, ffn_dim, bias=False)
+        self.equ_out = nn.Linear(ffn_dim, dim, bias=False)
+
+    def forward(self, x: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+        return self.inv(x), self.equ_out(self.gate(x)[:, None, :] * self.equ_in(e))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: Inv-Self, Equ-Self, Inv-Cross, Equ-Cross attention, then the FFN; residual on both streams."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d, h = config.dim, config.num_heads
+        self.inv_self, self.equ_self = InvSelfAttention(d, h), EquSelfAttention(d, h)
+        self.inv_cross, self.equ_cross = InvCrossAttention(d, h), EquCrossAttention(d, h)
+        self.ffn = FeedForward(d, config.ffn_dim)
+        self.norm_x = nn.ModuleList(nn.LayerNorm(d) for _ in range(4))
+        self.norm_e = nn.ModuleList(EquivariantLayerNorm(d) for _ in range(4))
+
+    def forward(self, graph: Graph, x: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+        nx, ne = self.norm_x, self.norm_e
+        x = x + self.inv_self(graph, nx[0](x))
+        e = e + self.equ_self(graph, ne[0](e))
+        x = x + self.inv_cross(graph, nx[1](x), ne[1](e))
+        e = e + self.equ_cross(graph, nx[2](x), ne[2](e))
+        dx, de = self.ffn(nx[3](x), ne[3](e))
+        return x + dx, e + de
+
+
+class Head(nn.Module):
+    """Task head: Inv-Cross-Attn on the final features, then W2 LN(GELU(W1 x + b1)) + b2 -> [n, num_outputs]."""
+
+    def __init__(self, config: ModelConfig, num_outputs: int):
+        super().__init__()
+        d = config.dim
+        self.norm_x, self.norm_e = nn.LayerNorm(d), EquivariantLayerNorm(d)
+        self.cross = InvCrossAttention(d, config.num_heads)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, d), nn.GELU(approximate="tanh"), nn.LayerNorm(d), nn.Linear(d, num_outputs)
+        )
+
+    def forward(self, graph: Graph, x: Tensor, e: Tensor) -> Tensor:
+        x = x + self.cross(graph, self.norm_x(x), self.norm_e(e))
+        return self.mlp(x)
+
+
+# ----------------------------------------------------------------------------------------------- the model
+class MTModel(nn.Module):
+    """Multi-task model. ``forward`` takes the ONNX contract's inputs and returns the dict of ``PROPERTIES``.
+
+    Output normalisation lives in buffers (saved in checkpoints and baked into exports): per-atom energy
+    ``E_i = energy_scale * p_i + energy_shift + reference_energies[Z_i]``, and one scale per other head.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.metadata: dict = {}  # provenance etc., saved in checkpoints and exported to ONNX metadata
+        d, k = config.dim, config.num_gaussians
+        self.atom_embedding = nn.Embedding(MAX_Z + 1, d)
+        self.basis = GaussianBasis(k, config.cutoff)
+        self.centrality = nn.Linear(k, d)
+        self.equivariant_embedding = nn.Linear(k, d, bias=False)
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_blocks))
+        self.energy_head = Head(config, 1)
+        self.magmom_head = Head(config, 1)
+        self.charge_head = Head(config, 1)
+        self.born_head = Head(config, 3)  # p, q, s of eqs. (11)-(12)
+        self.dielectric_head = Head(config, 2)  # p', q' of eq. (9)
+        self.register_buffer("reference_energies", torch.zeros(MAX_Z + 1))
+        for name in ("energy_scale", "energy_shift", "magmom_scale", "charge_scale", "born_scale",
+                     "dielectric_scale"):
+            self.register_buffer(name, torch.tensor(0.0 if name == "energy_shift" else 1.0))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.centrality.weight.dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, numbers: Tensor, positions: Tensor, cell: Tensor, batch: Tensor, edge_index: Tensor,
+                shifts: Tensor, compute_forces: bool = True) -> dict[str, Tensor]:
+        """Inputs as in the ONNX contract (Å, rows of ``cell`` are lattice vectors). In training mode the force
+        and stress graphs are kept (``create_graph``) so that losses on them can be back-propagated."""
+        n, b = numbers.shape[0], cell.shape[0]
+        if compute_forces:
+            positions = positions if positions.requires_grad else positions.detach().requires_grad_(True)
+            strain = torch.zeros_like(cell).requires_grad_(True)
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            positions_ = positions + torch.einsum("ni,nij->nj", positions, gather(symmetric, batch))
+            cell_ = cell + torch.bmm(cell, symmetric)
+        else:
+            positions_, cell_ = positions, cell
+        receiver, sender = edge_index[0], edge_index[1]
+        r = gather(positions_, sender) - gather(positions_, receiver)
+        r = r + torch.einsum("ek,ekl->el", shifts, gather(cell_, batch[receiver]))
+        is_self = (receiver == sender) & (shifts == 0).all(dim=1)
+        d2 = (r * r).sum(-1)
+        d = torch.where(is_self, torch.zeros_like(d2), torch.sqrt(torch.where(is_self, torch.ones_like(d2), d2)))
+        unit = r / torch.where(is_self, torch.ones_like(d), d)[:, None]
+        graph = Graph(receiver, sender, n, smooth_cutoff(d, self.config.cutoff), unit, self.basis(d))
+
+        x, e = self.embed(graph, numbers)
+        for block in self.blocks:
+            x, e = block(graph, x, e)
+
+        energy_atom = self.energy_scale * self.energy_head(graph, x, e)[:, 0] + self.energy_shift
+        energy_atom = energy_atom + self.reference_energies[numbers]
+        energy = scatter_sum(energy_atom, batch, b)
+        atoms_per_structure = scatter_sum(torch.ones_like(energy_atom), batch, b)
+        out = {"energy": energy}
+        if compute_forces:
+            grad_pos, grad_strain = torch.autograd.grad(
+                energy.sum(), (positions, strain), create_graph=self.training
+            )
+            out["forces"] = -grad_pos
+            volume = torch.abs(triple_product(cell[:, 0], cell[:, 1], cell[:, 2]))
+            has_volume = volume > 0
+            inv_volume = torch.where(has_volume, 1.0 / torch.where(has_volume, volume, torch.ones_like(volume)),
+                                     torch.zeros_like(volume))
+            out["stress"] = grad_strain * inv_volume[:, None, None]
+        out["magmoms"] = self.magmom_scale * self.magmom_head(graph, x, e)[:, 0]
+        charges = self.charge_scale * self.charge_head(graph, x, e)[:, 0]
+        out["charges"] = charges - gather(scatter_sum(charges, batch, b) / atoms_per_structure, batch)
+        out["born_charges"] = self.born_charges(graph, x, e, batch, b, atoms_per_structure)
+        out["dielectric"] = self.dielectric(graph, x, e, batch, b, atoms_per_structure)
+        return out
+
+    def embed(self, graph: Graph, numbers: Tensor) -> tuple[Tensor, Tensor]:
+        """x_i = emb(Z_i) + Linear(sum_j m_ij Phi(d_ij)); e_i = W sum_j m_ij Phi(d_ij) ⊗ r̂_ij (self edge: r̂ = 0)."""
+        weighted = graph.mask[:, None] * graph.basis  # [e,K]
+        centrality = scatter_sum(weighted, graph.receiver, graph.num_atoms)
+        x = self.atom_embedding(numbers) + self.centrality(centrality)
+        directional = scatter_sum(graph.unit[:, :, None] * weighted[:, None, :], graph.receiver, graph.num_atoms)
+        return x, self.equivariant_embedding(directional)
+
+    def born_charges(self, graph, x, e, batch, b, atoms_per_structure) -> Tensor:
+        """Z_i = p_i sum_j m_ij q_j r̂⊗r̂ + p_i sum_{j!=k} m_ij m_ik q_j s_k r̂_ki ⊗ r̂_ij, then minus the mean.
+
+        The triplet sum (over pairs of distinct edges) factorises: p_i (a_i ⊗ b_i - sum_j m_ij^2 s_j q_j
+        r̂_ji ⊗ r̂_ij) with a_i = sum_k m_ik s_k r̂_ki, b_i = sum_j m_ij q_j r̂_ij.
+        """
+        p, q, s = self.born_head(graph, x, e).unbind(-1)
+        m, unit = graph.mask, graph.unit
+        mq, ms = m * gather(q, graph.sender), m * gather(s, graph.sender)
+        outer = unit[:, :, None] * unit[:, None, :]  # r̂_ij ⊗ r̂_ij = r̂_ji ⊗ r̂_ji
+        pair = scatter_sum((mq + ms * mq)[:, None, None] * outer, graph.receiver, graph.num_atoms)
+        a = scatter_sum(-ms[:, None] * unit, graph.receiver, graph.num_atoms)  # r̂_ki = -r̂_ik
+        b_vec = scatter_sum(mq[:, None] * unit, graph.receiver, graph.num_atoms)
+        z = self.born_scale * p[:, None, None] * (pair + a[:, :, None] * b_vec[:, None, :])
+        mean = scatter_sum(z, batch, b) / atoms_per_structure[:, None, None]
+        return z - gather(mean, batch)
+
+    def dielectric(self, graph, x, e, batch, b, atoms_per_structure) -> Tensor:
+        """eps = I + (1/N) sum_i sum_j m_ij p'_i q'_j r̂_ji ⊗ r̂_ji."""
+        p, q = self.dielectric_head(graph, x, e).unbind(-1)
+        mq = graph.mask * gather(q, graph.sender)
+        outer = graph.unit[:, :, None] * graph.unit[:, None, :]
+        per_atom = p[:, None, None] * scatter_sum(mq[:, None, None] * outer, graph.receiver, graph.num_atoms)
+        eps = scatter_sum(per_atom, batch, b) / atoms_per_structure[:, None, None]
+        return torch.eye(3, dtype=eps.dtype, device=eps.device) + self.dielectric_scale * eps
+
+    # ------------------------------------------------------------------------------------- convenience
+    def predict(self, structures) -> list[dict[str, np.ndarray]]:
+        """Evaluate ``ase.Atoms`` / ``mtsim.Structure`` objects (one or a list); returns one dict per structure
+        with the keys of ``PROPERTIES`` as numpy arrays (units as in the module docstring)."""
+        from mtsim.graph import build_graph
+
+        single = not isinstance(structures, (list, tuple))
+        structures = [structures] if single else list(structures)
+        dtype = np.float64 if self.dtype == torch.float64 else np.float32
+        graph = build_graph(structures, self.config.cutoff, dtype=dtype)
+        device = self.centrality.weight.device
+        inputs = {key: torch.from_numpy(value).to(device) for key, value in graph.items()}
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.enable_grad():
+                out = self(**inputs)
+        finally:
+            self.train(was_training)
+        out = {key: value.detach().cpu().numpy() for key, value in out.items()}
+        bounds = np.cumsum([0] + [len(s) for s in structures])
+        results = []
+        for k in range(len(structures)):
+            atoms = slice(bounds[k], bounds[k + 1])
+            results.append({
+                key: out[key][k] if key in ("energy", "stress", "dielectric") else out[key][atoms]
+                for key in PROPERTIES
+            })
+        return results[0] if single else results
+
+
+def build_model(preset: str = "1M", dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> MTModel:
+    """A freshly initialised model of a Table S1 preset (``1M``, ``10M``, ``220M``, ``1.3B``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    config = ModelConfig(**{**asdict(PRESETS[preset]), **overrides})
+    torch.manual_seed(seed)
+    return MTModel(config).to(dtype)
