@@ -1,0 +1,69 @@
+"""``mtsim ipi``: mtsim as a force field (driver) for i-PI, LAMMPS ``fix ipi``-style servers and ASE's socket server."""
+
+from __future__ import annotations
+
+import click
+
+
+def load_model(model, device, precision=None):
+    """The model the command serves (tests replace this function)."""
+    import mtsim
+
+    return mtsim.load(model, device=device, precision=precision)
+
+
+def read_structure(path):
+    """The last frame of any file ASE can read, as ``ase.Atoms``."""
+    import ase.io
+
+    try:
+        return ase.io.read(path)
+    except Exception as err:  # ASE raises many types for unreadable files
+        raise click.ClickException(f"cannot read {path}: {err}") from None
+
+
+@click.command("ipi")
+@click.argument("structure", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model_path", default=None, help="ONNX model file (default: the bundled model).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "float64"]), default=None,
+              help="Pick the float32 or float64 file of a model stem.")
+@click.option("--address", default=None, metavar="HOST:PORT",
+              help="i-PI's inet socket (<ffsocket mode='inet'>)  [default: localhost:65535, i-PI's default]")
+@click.option("--unix", default=None, metavar="NAME",
+              help="i-PI's unix socket <address> NAME, i.e. /tmp/ipi_NAME (a NAME with '/' is a full path).")
+@click.option("--reconnect", is_flag=True,
+              help="If i-PI closes the connection without EXIT, connect again (within --connect-timeout).")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="s: a started message must be complete (and answers sent) within this time.")
+@click.option("--idle-timeout", type=float, default=None, help="s: longest wait for the next message (default: none).")
+@click.option("--connect-timeout", type=float, default=60.0, show_default=True,
+              help="s: how long to keep trying to reach i-PI.")
+@click.option("--quiet", is_flag=True, help="No connection messages on stderr.")
+def ipi(structure, model_path, device, precision, address, unix, reconnect, timeout, idle_timeout, connect_timeout,
+        quiet):
+    """Serve the model to i-PI over a socket until i-PI sends EXIT.
+
+    STRUCTURE (any ASE format, last frame) gives the atomic numbers in i-PI's atom order and the periodic
+    directions; i-PI sends positions and cell. Answers energy, forces, virial and, in the extras JSON, Born charges
+    ("BEC", as i-PI's eda-nve/eda-nvt read them with <bec mode="driver"/>), dielectric, magmoms and charges.
+    """
+    from mtsim.ipi import Driver, IPIError
+    from mtsim.onnx_format import ModelFileError
+
+    if address is not None and unix is not None:
+        raise click.UsageError("give either --address HOST:PORT or --unix NAME, not both")
+    atoms = read_structure(structure)
+    try:
+        model = load_model(model_path, device, precision)
+    except (FileNotFoundError, ModelFileError, ValueError, RuntimeError) as err:
+        raise click.ClickException(str(err)) from None
+    log = None if quiet else (lambda line: click.echo(line, err=True))
+    try:
+        driver = Driver(model, atoms, address=address, unix=unix, timeout=timeout, idle_timeout=idle_timeout,
+                        connect_timeout=connect_timeout, reconnect=reconnect, log=log)
+        count = driver.serve()
+    except (IPIError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    if not quiet:
+        click.echo(f"served {count} structures", err=True)

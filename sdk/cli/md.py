@@ -1,0 +1,221 @@
+"""``mtsim md``, ``mtsim relax`` and ``mtsim hysteresis``: the native engines on the command line.
+
+Units on the command line: fs (time step), ps (periods, event intervals), K, GPa, MV/cm (fields).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from mtsim.units import GPA, MV_PER_CM
+
+FS_PER_PS = 1000.0
+
+
+def load_model(model, device, precision):
+    """The model the commands use (tests replace this function)."""
+    import mtsim
+
+    return mtsim.load(model, device=device, precision=precision)
+
+
+def read_structure(path):
+    """The last frame of any file ASE can read, as ``ase.Atoms``."""
+    import ase.io
+
+    try:
+        return ase.io.read(path)
+    except Exception as err:  # ASE raises many types for unreadable files
+        raise click.ClickException(f"cannot read {path}: {err}") from None
+
+
+def write_structure(path, structure, prediction=None) -> None:
+    """Write a structure; extxyz files (``.xyz``/``.extxyz``) also get every head of ``prediction``."""
+    import ase.io
+
+    atoms = structure.to_atoms()
+    if prediction is not None and str(path).endswith((".xyz", ".extxyz")):
+        n = len(atoms)
+        atoms.info.update(energy=prediction.energy, stress=np.asarray(prediction.stress).reshape(9),
+                          dielectric=np.asarray(prediction.dielectric).reshape(9))
+        atoms.arrays.update(forces=prediction.forces, magmoms=prediction.magmoms, charges=prediction.charges,
+                            born_charges=np.asarray(prediction.born_charges).reshape(n, 9))
+        ase.io.write(path, atoms, format="extxyz")
+    else:
+        ase.io.write(path, atoms)
+
+
+def model_options(function):
+    """--model, --device, --precision."""
+    function = click.option("--precision", type=click.Choice(["float32", "float64"]), default=None,
+                            help="Pick the float32 or float64 file of a model stem.")(function)
+    function = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                            show_default=True)(function)
+    return click.option("--model", "model_path", default=None,
+                        help="ONNX model file (default: the bundled model).")(function)
+
+
+def progressbar(length: int, label: str):
+    return click.progressbar(length=length, label=label, file=click.get_text_stream("stderr"), show_eta=True,
+                             show_pos=True)
+
+
+# ================================================================================================ md
+@click.command("md")
+@click.argument("structure", type=click.Path(exists=True, dir_okay=False))
+@model_options
+@click.option("--ensemble", type=click.Choice(["nve", "nvt-langevin", "nvt-nh", "npt"]), required=True)
+@click.option("--temperature", type=float, default=300.0, show_default=True,
+              help="K: thermostat target and Maxwell-Boltzmann start.")
+@click.option("--pressure", type=float, default=0.0, show_default=True, help="GPa (npt).")
+@click.option("--timestep", type=float, required=True, help="fs.")
+@click.option("--steps", type=int, required=True)
+@click.option("--seed", type=int, default=None, help="Seed of the initial velocities and the Langevin noise.")
+@click.option("--field", type=float, nargs=3, default=None, metavar="EX EY EZ",
+              help="Constant electric field, MV/cm (not with npt).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default="md_log.csv", show_default=True,
+              help="CSV log.")
+@click.option("--trajectory", type=click.Path(dir_okay=False), default=None,
+              help="extxyz trajectory with every head per frame.")
+@click.option("--interval", type=int, default=10, show_default=True, help="Steps between log rows and frames.")
+@click.option("--barostat", type=click.Choice(["isotropic", "full"]), default="isotropic", show_default=True,
+              help="npt: volume only, or the full cell.")
+@click.option("--tdamp", type=float, default=100.0, show_default=True, help="fs, Nose-Hoover time constant.")
+@click.option("--pdamp", type=float, default=1000.0, show_default=True, help="fs, barostat time constant.")
+@click.option("--friction", type=float, default=0.01, show_default=True, help="1/fs, Langevin friction.")
+@click.option("--remove-element", default=None, help="Event: remove one atom of this element periodically.")
+@click.option("--remove-every", type=float, default=None, help="ps between removals (with --remove-element).")
+@click.option("--remove-rule", type=click.Choice(["random", "first", "last", "max-charge", "min-charge", "max-z"]),
+              default="random", show_default=True, help="Which atom to remove (random uses --seed).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the final structure.")
+def md(structure, model_path, device, precision, ensemble, temperature, pressure, timestep, steps, seed, field,
+       log_path, trajectory, interval, barostat, tdamp, pdamp, friction, remove_element, remove_every, remove_rule,
+       output):
+    """Molecular dynamics of STRUCTURE (any ASE format; the last frame)."""
+    from mtsim.md import MDError, RemoveAtoms, Simulation, make_integrator
+
+    atoms = read_structure(structure)
+    model = load_model(model_path, device, precision)
+    velocity_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
+    hooks = []
+    if remove_element is not None:
+        if remove_every is None:
+            raise click.BadParameter("--remove-element needs --remove-every (ps)", param_hint="--remove-every")
+        try:
+            hooks.append(RemoveAtoms(remove_element, remove_every * FS_PER_PS, rule=remove_rule, seed=seed))
+        except (KeyError, ValueError) as err:
+            raise click.ClickException(f"--remove-element: {err}") from None
+    try:
+        integrator = make_integrator(ensemble, timestep, temperature, pressure, seed=noise_seed, friction=friction,
+                                     tdamp=tdamp, pdamp=pdamp, barostat=barostat)
+        sim = Simulation(model, atoms, integrator, temperature=temperature, seed=velocity_seed,
+                         field=None if field is None else np.array(field) * MV_PER_CM)
+        start = sim.conserved
+        with progressbar(steps, f"md {ensemble}") as bar:
+            sim.run(steps, log=log_path, trajectory=trajectory, interval=interval,
+                    hooks=[*hooks, lambda _: bar.update(1)])
+    except MDError as err:
+        raise click.ClickException(str(err)) from None
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    state = sim.state
+    drift = (sim.conserved - start) / state.n_atoms
+    click.echo(f"{state.step} steps, {state.time / 1000:.4g} ps: T = {state.temperature:.2f} K, "
+               f"E_pot = {state.energy:.6f} eV, conserved drift = {drift:.3e} eV/atom"
+               + (f", P = {state.pressure:.4f} GPa" if state.volume else ""))
+    for event in hooks:
+        click.echo(f"removed {len(event.removed)} {event.symbol} atom(s); {state.n_atoms} atoms left")
+    if log_path:
+        click.echo(f"log: {log_path}")
+    if trajectory:
+        click.echo(f"trajectory: {trajectory}")
+    if output:
+        write_structure(output, state.to_structure(), state.prediction())
+        click.echo(f"final structure: {output}")
+
+
+# ================================================================================================ relax
+@click.command("relax")
+@click.argument("structure", type=click.Path(exists=True, dir_okay=False))
+@model_options
+@click.option("--fmax", type=float, default=0.01, show_default=True, help="eV/Å.")
+@click.option("--cell/--no-cell", default=False, show_default=True, help="Relax the cell as well.")
+@click.option("--pressure", type=float, default=0.0, show_default=True, help="GPa (with --cell).")
+@click.option("--max-steps", type=int, default=500, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Relaxed structure (default: STEM_relaxed.extxyz; extxyz gets every head).")
+def relax(structure, model_path, device, precision, fmax, cell, pressure, max_steps, output):
+    """Relax STRUCTURE (any ASE format; the last frame) with FIRE."""
+    from mtsim.md import MDError
+    from mtsim.relax import relax as run_relax
+
+    atoms = read_structure(structure)
+    model = load_model(model_path, device, precision)
+    output = output or f"{Path(structure).stem}_relaxed.extxyz"
+    with progressbar(max_steps, "relaxing") as bar:
+        try:
+            result = run_relax(model, atoms, fmax=fmax, cell=cell, pressure=pressure, max_steps=max_steps,
+                               callback=lambda step, record: bar.update(1) if step else None)
+        except (MDError, ValueError) as err:
+            raise click.ClickException(str(err)) from None
+    s = result.structure
+    status = "converged" if result.converged else "NOT converged"
+    line = (f"{status} after {result.steps} steps: E = {result.energy:.6f} eV "
+            f"({result.energy / len(s):.6f} eV/atom), max|F| = {result.fmax:.4g} eV/Å")
+    if cell:
+        line += (f", H = {result.enthalpy:.6f} eV, V = {s.volume:.4f} Å^3, "
+                 f"P = {-np.trace(result.stress) / 3 / GPA:.4f} GPa")
+    click.echo(line)
+    write_structure(output, s, result.prediction)
+    click.echo(f"relaxed structure: {output}")
+
+
+# ================================================================================================ hysteresis
+@click.command("hysteresis")
+@click.argument("structure", type=click.Path(exists=True, dir_okay=False))
+@model_options
+@click.option("--field-max", type=float, required=True, help="MV/cm (paper: 4).")
+@click.option("--period", type=float, required=True, help="ps (paper: 200).")
+@click.option("--cycles", type=int, default=5, show_default=True)
+@click.option("--temperature", type=float, default=300.0, show_default=True, help="K.")
+@click.option("--axis", type=click.Choice(["x", "y", "z"]), default="z", show_default=True)
+@click.option("--output", type=click.Path(file_okay=False), default="hysteresis", show_default=True,
+              help="Directory for pe_loop.csv, pe_loop.png and md_log.csv.")
+@click.option("--timestep", type=float, default=2.0, show_default=True, help="fs.")
+@click.option("--ensemble", type=click.Choice(["nvt-nh", "nvt-langevin", "nve"]), default="nvt-nh",
+              show_default=True)
+@click.option("--tdamp", type=float, default=100.0, show_default=True, help="fs, Nose-Hoover time constant.")
+@click.option("--equilibration", type=float, default=0.0, show_default=True, help="ps at zero field first.")
+@click.option("--seed", type=int, default=None)
+@click.option("--interval", type=int, default=100, show_default=True, help="Steps between log rows.")
+@click.option("--trajectory", type=click.Path(dir_okay=False), default=None, help="extxyz trajectory.")
+def hysteresis(structure, model_path, device, precision, field_max, period, cycles, temperature, axis, output,
+               timestep, ensemble, tdamp, equilibration, seed, interval, trajectory):
+    """P-E hysteresis loop of STRUCTURE under E(t) = E_max cos(2 pi t / period) along --axis."""
+    from mtsim.field import hysteresis as run_hysteresis
+    from mtsim.field import write_pe_loop
+    from mtsim.md import MDError
+
+    atoms = read_structure(structure)
+    model = load_model(model_path, device, precision)
+    directory = Path(output)
+    directory.mkdir(parents=True, exist_ok=True)
+    period_fs = period * FS_PER_PS
+    steps_per_cycle = max(int(round(period_fs / timestep)), 1)
+    total = int(round(equilibration * FS_PER_PS / timestep)) + cycles * steps_per_cycle
+    with progressbar(total, "hysteresis") as bar:
+        try:
+            result = run_hysteresis(model, atoms, field_max=field_max * MV_PER_CM, period=period_fs, cycles=cycles,
+                                    temperature=temperature, axis=axis, timestep=timestep, ensemble=ensemble,
+                                    seed=seed, tdamp=tdamp, equilibration=equilibration * FS_PER_PS,
+                                    log=directory / "md_log.csv", trajectory=trajectory, interval=interval,
+                                    hooks=[lambda _: bar.update(1)])
+        except (MDError, ValueError) as err:
+            raise click.ClickException(str(err)) from None
+    csv_path, png_path = write_pe_loop(result, directory)
+    click.echo(f"remanent polarization P_r = {result.remanent:.4g} uC/cm2, "
+               f"coercive field E_c = {result.coercive_MV_cm:.4g} MV/cm")
+    click.echo(f"wrote {csv_path}, {png_path} and {directory / 'md_log.csv'}")
