@@ -1,0 +1,363 @@
+"""Training package: datasets with partial labels, the masked loss, exact resume, fine-tuning, config validation,
+the ``mtsim train`` command and the ensemble uncertainty (mtsim.training.{data,loss,trainer,config})."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import ase.db  # noqa: E402
+import ase.io  # noqa: E402
+from ase.build import bulk  # noqa: E402
+from ase.calculators.emt import EMT  # noqa: E402
+from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
+from ase.units import GPa  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from mtsim.cli import main  # noqa: E402
+from mtsim.graph import build_graph  # noqa: E402
+from mtsim.training import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from mtsim.training.config import ConfigError, TrainConfig, load_config  # noqa: E402
+from mtsim.training.data import AtomsDataset, collate, extract_labels  # noqa: E402
+from mtsim.training.loss import DEFAULT_WEIGHTS, multitask_loss  # noqa: E402
+from mtsim.training.trainer import (  # noqa: E402
+    HEADS, Trainer, ensemble_uncertainty, fit_normalisation, force_spread, prepare_model, rank_by_uncertainty,
+    train)
+
+TINY = dict(num_blocks=1, dim=32, ffn_dim=32, num_heads=4, num_gaussians=16)
+Z_AL = np.diag([1.5, 1.4, 1.6]) + 0.1 * np.eye(3)[[1, 2, 0]]  # made-up Born charge of Al in B2 NiAl (Ni: -Z_AL)
+
+
+def labelled_frames() -> list:
+    """Eight small EMT-labelled cells (energy, forces, stress); the NiAl ones also carry made-up Born charges and
+    eps_inf under the phonopy-style keys, the Ni ones magnetic moments."""
+    prototypes = [bulk("Cu", "fcc", a=3.61), bulk("Al", "fcc", a=4.05), bulk("Ni", "fcc", a=3.52),
+                  bulk("NiAl", "cesiumchloride", a=2.88)]
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(8):
+        atoms = prototypes[k % 4].repeat((1, 1, 2))
+        atoms.set_cell(atoms.cell[:] @ (np.eye(3) + rng.uniform(-0.03, 0.03, (3, 3))), scale_atoms=True)
+        atoms.rattle(0.08, seed=k)
+        atoms.calc = EMT()
+        results = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
+                       stress=atoms.get_stress())
+        if "Ni" in atoms.get_chemical_symbols() and "Al" not in atoms.get_chemical_symbols():
+            results["magmoms"] = np.full(len(atoms), 0.6)
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        if atoms.get_chemical_formula() == "Al2Ni2":
+            sign = np.where(atoms.numbers == 13, 1.0, -1.0)
+            atoms.arrays["born_effective_charge"] = (sign[:, None, None] * Z_AL).reshape(-1, 9)
+            atoms.info["eps_inf"] = (np.diag([4.0, 4.2, 4.1]) + 0.05 * k).reshape(9)
+        frames.append(atoms)
+    return frames
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Run torch and numba on one thread: the tiny models here gain nothing from more, and on a busy machine
+    spinning OpenMP workers slow every step many-fold. (Numba's OpenMP layer resets the OpenMP thread count that
+    torch uses at each parallel launch, so both are set.)"""
+    import numba
+
+    threads = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads[0])
+    numba.set_num_threads(threads[1])
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.extxyz"
+    ase.io.write(path, labelled_frames(), format="extxyz")
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(data_file):
+    return AtomsDataset.from_files([data_file], cutoff=5.0)
+
+
+def make_config(data_file, run_dir, model=None, **sections) -> TrainConfig:
+    """A tiny float64 run on ``data_file``; ``model`` replaces the model section, ``sections`` update theirs."""
+    raw = {"run_dir": str(run_dir), "data": {"train": [str(data_file)], "batch_size": 3, "val_fraction": 0.25},
+           "model": {"dtype": "float64", **TINY} if model is None else model,
+           "optimizer": {"lr": 2e-3}, "schedule": {"epochs": 2, "warmup_epochs": 0.5, "patience": None}}
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return TrainConfig.from_dict(raw)
+
+
+def tiny_model(seed=0):
+    return build_model("1M", dtype=torch.float64, seed=seed, **TINY)
+
+
+# ------------------------------------------------------------------------------------------------- data
+def test_labels_read_from_extxyz_and_database(tmp_path, data_file, dataset):
+    frames = labelled_frames()
+    assert len(dataset) == 8
+    assert dataset.label_counts() == {"energy": 8, "forces": 8, "stress": 8, "magmoms": 2, "charges": 0,
+                                      "born_charges": 2, "dielectric": 2}
+    nial = dataset[3]
+    np.testing.assert_allclose(nial.labels["stress"], frames[3].get_stress(voigt=False))
+    np.testing.assert_allclose(nial.labels["born_charges"][nial.graph["numbers"] == 13][0], Z_AL)
+    np.testing.assert_allclose(nial.labels["dielectric"], np.diag([4.0, 4.2, 4.1]) + 0.15)
+
+    db_path = tmp_path / "frames.db"
+    with ase.db.connect(db_path) as db:  # per-atom labels of a database live in the row's data
+        for atoms in frames:
+            extra = {key: atoms.arrays[key] for key in ("born_effective_charge",) if key in atoms.arrays}
+            db.write(atoms, data={**extra, **{k: v for k, v in atoms.info.items() if k == "eps_inf"}})
+    from_db = AtomsDataset.from_files([db_path], cutoff=5.0)
+    assert from_db.label_counts() == dataset.label_counts()
+    for a, b in zip(from_db.samples, dataset.samples):
+        assert a.labels.keys() == b.labels.keys()
+        for key in a.labels:
+            np.testing.assert_allclose(a.labels[key], b.labels[key], rtol=1e-6, atol=1e-8)  # extxyz rounds
+
+    # the key mapping is configurable: an empty list ignores a label, a new name finds a renamed one
+    atoms = frames[3].copy()
+    atoms.info["eps"] = atoms.info.pop("eps_inf")
+    atoms.arrays["becs"] = atoms.arrays.pop("born_effective_charge")
+    assert "dielectric" in extract_labels(atoms) and "born_charges" in extract_labels(atoms)
+    only_eps = extract_labels(atoms, {"born_charges": [], "dielectric": ["eps"], "stress": []})
+    assert "born_charges" not in only_eps and "stress" not in only_eps and "dielectric" in only_eps
+    atoms.info["eps"] = np.ones(4)
+    with pytest.raises(ValueError, match="'eps'"):
+        extract_labels(atoms)
+
+
+def test_collate_matches_one_graph_of_the_batch(data_file, dataset):
+    frames = ase.io.read(data_file, index=":")
+    batch = collate([dataset[k] for k in (0, 3, 2)])
+    reference = build_graph([frames[0], frames[3], frames[2]], 5.0)
+    for key, value in reference.items():
+        np.testing.assert_array_equal(batch.inputs[key].numpy(), value, err_msg=key)
+    assert batch.masks["born_charges"].tolist() == [False, True, False]
+    assert batch.masks["magmoms"].tolist() == [False, False, True]
+    per_atom = batch.masks["born_charges"][batch.inputs["batch"]]
+    assert torch.isnan(batch.labels["born_charges"][~per_atom]).all()
+    assert torch.isfinite(batch.labels["born_charges"][per_atom]).all()
+    assert "charges" not in batch.labels
+
+
+# ------------------------------------------------------------------------------------------------- loss
+def test_loss_terms_average_only_over_labelled_structures(dataset):
+    model = tiny_model().train()
+    alone = collate([dataset[3]])
+    mixed = collate([dataset[0], dataset[3], dataset[1]])
+    loss_alone, terms_alone = multitask_loss(model(**alone.inputs), alone)
+    loss_mixed, terms_mixed = multitask_loss(model(**mixed.inputs), mixed)
+    # NaN labels of the unlabelled structures would poison the sums if they leaked
+    assert torch.isfinite(loss_mixed)
+    for task in ("born_charges", "dielectric"):
+        torch.testing.assert_close(terms_mixed[task], terms_alone[task])
+    assert "magmoms" not in terms_mixed and "charges" not in terms_mixed  # no structure carries them
+    assert set(terms_alone) == {"energy", "forces", "stress", "born_charges", "dielectric"}
+    torch.testing.assert_close(loss_alone, sum(DEFAULT_WEIGHTS[t] * v for t, v in terms_alone.items()))
+
+    # the Born charge term's gradient comes from the labelled structure only
+    model.zero_grad()
+    terms_mixed["born_charges"].backward(retain_graph=True)
+    grad_mixed = model.born_head.mlp[-1].weight.grad.clone()
+    model.zero_grad()
+    terms_alone["born_charges"].backward()
+    torch.testing.assert_close(grad_mixed, model.born_head.mlp[-1].weight.grad)
+
+    # per-task MAE definitions: E per atom, stress in GPa
+    predictions = {k: v.detach() for k, v in model(**alone.inputs).items()}
+    _, terms = multitask_loss(predictions, alone)
+    n = alone.num_atoms[0]
+    assert float(terms["energy"]) == pytest.approx(
+        abs(float(predictions["energy"][0] - alone.labels["energy"][0])) / n)
+    assert float(terms["stress"]) == pytest.approx(
+        float((predictions["stress"] - alone.labels["stress"]).abs().mean()) / GPa)
+
+
+def test_normalisation_fits_reference_energies_and_scales(dataset):
+    model = tiny_model()
+    fitted = fit_normalisation(model, dataset)
+    references = model.reference_energies.numpy()
+    assert set(np.flatnonzero(references)) == {13, 28, 29}
+    counts = np.stack([np.bincount(s.graph["numbers"], minlength=95) for s in dataset.samples])
+    residual = np.array([float(s.labels["energy"]) for s in dataset.samples]) - counts @ references
+    np.testing.assert_allclose(counts.T @ residual, 0.0, atol=1e-10)  # least squares: normal equations hold
+    assert fitted["energy_shift"] == pytest.approx(np.mean(residual / counts.sum(axis=1)))
+    forces = np.concatenate([s.labels["forces"] for s in dataset.samples])
+    assert fitted["energy_scale"] == pytest.approx(np.sqrt(np.mean(forces**2)))
+    assert float(model.born_scale) == pytest.approx(np.sqrt(np.mean(Z_AL**2)))
+    assert float(model.magmom_scale) == pytest.approx(0.6)
+    assert float(model.charge_scale) == 1.0  # no labels: left alone
+
+
+# ------------------------------------------------------------------------------------------------- training
+def test_a_few_steps_lower_the_loss(tmp_path, data_file, dataset):
+    config = make_config(data_file, tmp_path, schedule={"epochs": 8, "warmup_epochs": 1})
+    trainer = Trainer(config, prepare_model(config, dataset), dataset)
+    before = trainer.evaluate(dataset)
+    assert trainer.fit() == "finished"
+    after = trainer.evaluate(dataset)
+    assert trainer.step == 8 * 3
+    assert after["loss"] < 0.7 * before["loss"]
+    assert after["forces"] < before["forces"]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, 9))
+    assert records[-1]["lr"]["head"] == 0.0  # linear decay to zero
+    assert set(records[0]["train"]) == {"loss", "energy", "forces", "stress", "magmoms", "born_charges",
+                                        "dielectric"}
+
+
+def test_resume_is_bitwise_exact(tmp_path, data_file):
+    straight = make_config(data_file, tmp_path / "straight", schedule={"epochs": 3})
+    train(straight)
+    pieces = make_config(data_file, tmp_path / "pieces", schedule={"epochs": 3})
+    train(pieces, max_steps=3)  # pauses mid-epoch 2 (2 steps per epoch)
+    with pytest.raises(FileExistsError):
+        train(pieces)
+    train(pieces, resume=True, max_steps=2)
+    train(pieces, resume=True)
+
+    a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("straight", "pieces"))
+    assert a["training"]["step"] == b["training"]["step"] == 6
+    for key in a["state_dict"]:  # EMA weights
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for key in a["training"]["model"]:  # raw weights
+        assert torch.equal(a["training"]["model"][key], b["training"]["model"][key]), key
+    for pa, pb in zip(a["training"]["optimizer"]["state"].values(), b["training"]["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert a["training"]["scheduler"] == b["training"]["scheduler"]
+    assert ((tmp_path / "straight" / "metrics.jsonl").read_text()
+            == (tmp_path / "pieces" / "metrics.jsonl").read_text())
+
+
+def test_finetuning_freezes_the_backbone_and_reinitialises_heads(tmp_path, data_file, dataset):
+    pretrained = tiny_model(seed=1)
+    fit_normalisation(pretrained, dataset)
+    save_checkpoint(pretrained, tmp_path / "pretrained.pt", {"name": "pretrained"})
+    config = make_config(data_file, tmp_path / "run", model={"dtype": "float64"},  # sizes from the checkpoint
+                         finetune={"checkpoint": str(tmp_path / "pretrained.pt"), "reinit_heads": ["born_charges"]},
+                         optimizer={"lr": 1e-3, "backbone_lr": 0.0})
+    model = prepare_model(config, dataset)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = pretrained.state_dict()
+    assert not torch.equal(start["born_head.mlp.3.weight"], reference["born_head.mlp.3.weight"])
+    assert torch.equal(start["energy_head.mlp.3.weight"], reference["energy_head.mlp.3.weight"])
+    assert torch.equal(start["reference_energies"], reference["reference_energies"])  # energy head kept
+
+    trainer = Trainer(config, model, dataset)
+    trainer.fit(max_steps=2)
+    heads = tuple(f"{name}." for name in HEADS.values())
+    for weights in (trainer.model.state_dict(), trainer.ema.state_dict()):
+        for key, value in weights.items():
+            if key.startswith(heads):
+                continue
+            assert torch.equal(value, start[key]), f"frozen {key} changed"
+    assert not torch.equal(trainer.model.energy_head.mlp[3].weight, start["energy_head.mlp.3.weight"])
+    assert not torch.equal(trainer.model.born_head.mlp[3].weight, start["born_head.mlp.3.weight"])
+    assert [g["name"] for g in trainer.optimizer.param_groups] == ["head"]
+    assert load_checkpoint(trainer.last_path).metadata["finetuned_from"].endswith("pretrained.pt")
+
+
+# ------------------------------------------------------------------------------------------------- config
+def test_config_validation_names_the_offending_key(tmp_path):
+    base = {"data": {"train": ["a.extxyz"]}}
+    assert TrainConfig.from_dict(base).optimizer.lr == 5e-5
+    cases = [
+        ({**base, "epochs": 3}, "unknown key 'epochs'"),
+        ({**base, "optimizer": {"lrr": 1e-3}}, "unknown key 'optimizer.lrr'"),
+        ({**base, "optimizer": {"lr": "fast"}}, "'optimizer.lr' must be float, got str"),
+        ({**base, "schedule": {"epochs": 2.5}}, "'schedule.epochs' must be int"),
+        ({**base, "schedule": {"patience": True}}, "'schedule.patience' must be int"),
+        ({**base, "model": {"dtype": "float16"}}, "'model.dtype' must be one of"),
+        ({"data": {"train": "a.extxyz"}}, "'data.train' must be a list"),
+        ({"data": {"train": ["a"], "keys": {"born": ["becs"]}}}, "'data.keys key' must be one of"),
+        ({"data": {"train": ["a"], "keys": {"born_charges": "becs"}}}, "'data.keys.born_charges' must be a list"),
+        ({"data": {}}, "missing required key 'data.train'"),
+        ({**base, "loss": {"forces": -1}}, "'loss.forces' must be non-negative"),
+        ({**base, "optimizer": {"head_lr": 0.0, "backbone_lr": 0.0}}, "freezes every parameter"),
+        ({**base, "model": {"dim": 30}}, "not divisible"),
+        ({**base, "finetune": {"reinit_heads": ["energy"]}}, "needs finetune.checkpoint"),
+        ({**base, "finetune": {"checkpoint": "x.pt"}, "model": {"dim": 64}}, "'model.dim' cannot be set"),
+        ({**base, "finetune": {"checkpoint": "x.pt", "reinit_heads": ["forces"]}},
+         r"'finetune.reinit_heads\[0\]' must be one of"),
+    ]
+    for raw, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig.from_dict(raw)
+
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  train: [data/a.extxyz]\noptimizer:\n  lr: 5e-5\n  head_lr: 2e-4\nrun_dir: out\n")
+    config = load_config(path)
+    assert config.optimizer.lr == 5e-5 and config.optimizer.head_lr == 2e-4  # YAML 1.2 floats
+    assert config.data.train == [str(tmp_path / "data" / "a.extxyz")] and config.run_dir == str(tmp_path / "out")
+    path.write_text("data: {train: [a]\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+
+    config = load_config(Path(__file__).parents[1] / "examples" / "train_tiny.yaml")
+    assert config.model.preset == "1M"
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def test_cli_trains_an_ensemble_and_writes_checkpoints_and_metrics(tmp_path, data_file):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"""
+run_dir: run
+ensemble: 2
+data: {{train: ["{data_file}"], batch_size: 4, val_fraction: 0.25}}
+model: {{dtype: float64, num_blocks: 1, dim: 32, ffn_dim: 32, num_heads: 4, num_gaussians: 16}}
+optimizer: {{lr: 1.0e-3}}
+schedule: {{epochs: 2, warmup_epochs: 0.5}}
+""")
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "epoch 2/2" in result.output and "forces" in result.output and "born_charges" in result.output
+    assert result.output.count("best checkpoint:") == 2
+    for member in ("member_0", "member_1"):
+        run = tmp_path / "run" / member
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert len(records) == 2 and records[0]["val"]["loss"] > 0
+        model = load_checkpoint(run / "best.pt")
+        assert model.metadata["training"]["labels"]["born_charges"] >= 1
+        assert (run / "last.pt").is_file()
+    members = [load_checkpoint(tmp_path / "run" / m / "best.pt") for m in ("member_0", "member_1")]
+    assert not torch.equal(members[0].energy_head.mlp[3].weight, members[1].energy_head.mlp[3].weight)
+
+    again = runner.invoke(main, ["train", str(config)])
+    assert again.exit_code != 0 and "already holds a run" in again.output
+    resumed = runner.invoke(main, ["train", str(config), "--resume"])
+    assert resumed.exit_code == 0 and "epoch" not in resumed.output  # nothing left to do
+    config.write_text(config.read_text() + "optimiser: {lr: 1}\n")
+    bad = runner.invoke(main, ["train", str(config)])
+    assert bad.exit_code != 0 and "unknown key 'optimiser'" in bad.output
+
+
+# ------------------------------------------------------------------------------------------------- uncertainty
+def test_force_spread_is_eq_22():
+    forces = np.array([[[1.0, 0, 0], [0, 0, 0]], [[0, 1.0, 0], [0, 0, 2.0]]])  # 2 members, 2 atoms
+    mean_norm = np.array([np.sqrt(0.5), 1.0])
+    expected = max(((1 - mean_norm[0]) ** 2 + (1 - mean_norm[0]) ** 2) / 2, ((0 - 1) ** 2 + (2 - 1) ** 2) / 2)
+    assert force_spread(forces) == pytest.approx(expected)
+    assert force_spread(np.repeat(forces[:1], 3, axis=0)) == 0.0
+
+
+def test_ensemble_uncertainty_ranks_structures(dataset):
+    frames = labelled_frames()[:4]
+    identical = [tiny_model(seed=3), tiny_model(seed=3)]
+    assert np.all(ensemble_uncertainty(identical, frames) == 0.0)
+    different = [tiny_model(seed=3), tiny_model(seed=4), tiny_model(seed=5)]
+    scores = ensemble_uncertainty(different, frames, batch_size=3)
+    assert scores.shape == (4,) and np.all(scores > 0)
+    order, all_scores = rank_by_uncertainty(different, frames, max_count=2)
+    assert order == list(np.argsort(-scores)[:2]) and np.array_equal(all_scores, scores)
+    above, _ = rank_by_uncertainty(different, frames, threshold=float(np.median(scores)))
+    assert set(above) == {k for k in range(4) if scores[k] > np.median(scores)}
