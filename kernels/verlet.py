@@ -23,9 +23,10 @@ class NeighborList:
     ----------
     cutoff : float (Å), > 0
     skin : float (Å), >= 0
-        Extra distance kept in the list; the list is rebuilt when an atom has moved
-        more than ``skin / 2`` (plain displacement of the unwrapped positions since
-        the last build). ``skin=0`` rebuilds whenever any position changes.
+        Extra distance kept in the list; with a fixed cell the list is rebuilt when an
+        atom has moved more than ``skin / 2`` since the last build (unwrapped positions
+        may leave the cell). A changed cell (NPT) is allowed for as long as no pair outside
+        the list can have come within ``cutoff``. ``skin=0`` rebuilds on any change.
     self_interaction : bool
         As in :func:`mtsim.kernels.neighbor_list`.
 
@@ -48,15 +49,41 @@ class NeighborList:
         self._reference = None  # (positions, cell, pbc) of the last build
 
     def _needs_rebuild(self, positions, cell, pbc) -> bool:
+        """True when a pair outside the list could have come within ``cutoff``.
+
+        With M = cell_build^-1 @ cell and d the largest displacement since the build measured in the build cell
+        (the affine part of a cell change removed), every pair outside the list is still at least
+        ``sigma_min(M) * (cutoff + skin - 2 d)`` apart; for a fixed cell this is the usual ``2 d > skin`` rule.
+        """
         if self._reference is None:
             return True
         old_positions, old_cell, old_pbc = self._reference
         if positions.shape != old_positions.shape or not np.array_equal(pbc, old_pbc):
             return True
-        if not np.array_equal(cell, old_cell):
-            return True
-        displacement2 = np.sum((positions - old_positions) ** 2, axis=1)
-        return bool(np.any(displacement2 > (0.5 * self.skin) ** 2))
+        if np.array_equal(cell, old_cell):
+            moved, shrink = positions - old_positions, 1.0
+        else:
+            if not old_pbc.any():
+                return True
+            try:
+                strain = np.linalg.solve(old_cell, cell)
+            except np.linalg.LinAlgError:
+                return True
+            moved = positions @ np.linalg.inv(strain) - old_positions
+            shrink = np.linalg.svd(strain, compute_uv=False).min()
+        d = np.sqrt(np.max(np.sum(moved**2, axis=1), initial=0.0))
+        return bool(shrink * (self.cutoff + self.skin - 2.0 * d) < self.cutoff)
+
+    def remove(self, keep) -> None:
+        """Drop atoms (``keep``: bool mask over the current atoms) and renumber the pairs, without a rebuild."""
+        if self._reference is None:
+            return
+        keep = np.asarray(keep, dtype=bool)
+        new_index = np.cumsum(keep) - 1
+        kept = keep[self.i] & keep[self.j]
+        self.i, self.j, self.S = new_index[self.i[kept]], new_index[self.j[kept]], self.S[kept]
+        positions, cell, pbc = self._reference
+        self._reference = (positions[keep], cell, pbc)
 
     def update(self, positions, cell, pbc) -> bool:
         """Rebuild the list if needed for these positions (Å), cell (Å) and pbc.

@@ -46,6 +46,18 @@ def build_graph(structures: Sequence, cutoff: float, dtype=np.float64, check_ove
     }
 
 
+def graph_inputs(numbers, positions, cell, i, j, shifts, dtype=np.float64) -> dict[str, np.ndarray]:
+    """Model inputs for one structure from a given edge list (e.g. a reused skin list), layout as ``build_graph``."""
+    return {
+        "numbers": np.asarray(numbers, dtype=np.int64),
+        "positions": np.asarray(positions, dtype=dtype),
+        "cell": np.asarray(cell, dtype=dtype)[None],
+        "batch": np.zeros(len(numbers), dtype=np.int64),
+        "edge_index": np.stack([i, j]).astype(np.int64),
+        "shifts": np.asarray(shifts, dtype=dtype),
+    }
+
+
 def edge_vectors(positions, cells, batch, i, j, shifts) -> np.ndarray:
     """r_ij = positions[j] - positions[i] + shifts @ cell, Å, [e,3]."""
     return positions[j] - positions[i] + np.einsum("ek,ekl->el", shifts, cells[batch[i]])

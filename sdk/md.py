@@ -35,7 +35,8 @@ from dataclasses import field as dataclass_field
 import numpy as np
 
 from mtsim.field import ElectricField, PolarizationTracker, as_field, field_forces
-from mtsim.graph import MIN_DISTANCE
+from mtsim.graph import MIN_DISTANCE, graph_inputs
+from mtsim.kernels import NeighborList
 from mtsim.model import PER_STRUCTURE, PROPERTIES
 from mtsim.structure import Structure, as_structure
 from mtsim.units import E_PER_A2_IN_UC_PER_CM2, FS, GPA, KB
@@ -197,89 +198,10 @@ def wrap_positions(positions, cell, pbc):
     return positions - n @ cell, n
 
 
-class SkinNeighborList:
-    """Pairs (i, j, S) within ``cutoff + skin`` for unwrapped positions, rebuilt only when needed.
-
-    Edge vectors are ``r_ij = positions[j] - positions[i] + S @ cell`` for the *unwrapped* positions, so the list
-    stays valid while atoms drift across cell faces. A rebuild happens when a pair outside the list could have
-    come within ``cutoff``: with d the largest atom displacement since the build (measured in the build cell,
-    so affine cell motion does not count) and M = cell_build^-1 @ cell, no pair outside the list is inside the
-    cutoff while ``sigma_min(M) * (cutoff + skin - 2 d) >= cutoff`` — for a fixed cell, the usual ``2 d < skin``.
-    Pairs are built by ``mtsim.kernels.neighbor_list`` on wrapped positions (self edges included).
-    """
-
-    def __init__(self, cutoff: float, skin: float = DEFAULT_SKIN):
-        if skin < 0:
-            raise ValueError(f"skin must be >= 0, got {skin}")
-        self.cutoff, self.skin = float(cutoff), float(skin)
-        self.pairs = None
-        self.builds = 0
-
-    def build(self, positions, cell, pbc) -> None:
-        from mtsim.kernels import neighbor_list
-
-        wrapped, n = wrap_positions(positions, cell, pbc)
-        i, j, S = neighbor_list(wrapped, cell, pbc, self.cutoff + self.skin, self_interaction=True)
-        i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
-        self.pairs = (i, j, (np.asarray(S) + n[i] - n[j]).astype(np.float64))
-        self.reference = (positions.copy(), cell.copy())
-        self.builds += 1
-
-    def needs_rebuild(self, positions, cell) -> bool:
-        if self.pairs is None or len(positions) != len(self.reference[0]):
-            return True
-        positions0, cell0 = self.reference
-        if np.array_equal(cell, cell0):
-            d = np.sqrt(np.max(np.sum((positions - positions0) ** 2, axis=1), initial=0.0))
-            return 2 * d > self.skin
-        # displacement in the build cell after removing the affine part of the cell change
-        M = np.linalg.solve(cell0, cell)
-        moved = positions @ np.linalg.inv(M) - positions0
-        d = np.sqrt(np.max(np.sum(moved**2, axis=1), initial=0.0))
-        shrink = np.linalg.svd(M, compute_uv=False).min()
-        return shrink * (self.cutoff + self.skin - 2 * d) < self.cutoff
-
-    def update(self, positions, cell, pbc) -> bool:
-        """Rebuild if needed; True if rebuilt."""
-        if self.needs_rebuild(positions, cell):
-            self.build(positions, cell, pbc)
-            return True
-        return False
-
-    def edges(self, positions, cell):
-        """(i, j, shifts, vectors, distances) of the listed pairs within the cutoff (self edges included)."""
-        i, j, S = self.pairs
-        r = positions[j] - positions[i] + S @ cell
-        d = np.sqrt(np.einsum("ij,ij->i", r, r))
-        inside = d < self.cutoff
-        return i[inside], j[inside], S[inside], r[inside], d[inside]
-
-    def remove(self, keep: np.ndarray) -> None:
-        """Drop atoms (``keep`` a bool mask over the current atoms) and renumber, without rebuilding."""
-        if self.pairs is None:
-            return
-        i, j, S = self.pairs
-        new_index = np.cumsum(keep) - 1
-        kept = keep[i] & keep[j]
-        self.pairs = (new_index[i[kept]], new_index[j[kept]], S[kept])
-        self.reference = (self.reference[0][keep], self.reference[1])
-
-
-def graph_inputs(numbers, positions, cell, i, j, shifts, dtype=np.float64) -> dict[str, np.ndarray]:
-    """Model inputs (the layout of ``mtsim.graph.build_graph``) for one structure from a given edge list."""
-    return {
-        "numbers": np.asarray(numbers, dtype=np.int64),
-        "positions": np.asarray(positions, dtype=dtype),
-        "cell": np.asarray(cell, dtype=dtype)[None],
-        "batch": np.zeros(len(numbers), dtype=np.int64),
-        "edge_index": np.stack([i, j]).astype(np.int64),
-        "shifts": np.asarray(shifts, dtype=dtype),
-    }
-
-
 # ============================================================================================ potential
 class ModelPotential:
-    """The model on a :class:`SkinNeighborList`, plus an optional electric field; fills an :class:`MDState`.
+    """The model on a reused ``mtsim.kernels.NeighborList`` (with skin), plus an optional electric field; fills an
+    :class:`MDState`.
 
     ``field``: None, a constant vector (V/Å), a callable ``t_fs -> vector`` or an :class:`mtsim.field.ElectricField`.
     ``max_force`` (eV/Å): larger forces (or NaN) raise :class:`MDError` naming the step and the atom.
@@ -287,7 +209,10 @@ class ModelPotential:
 
     def __init__(self, model, skin: float = DEFAULT_SKIN, field=None, max_force: float = MAX_FORCE):
         self.model = model
-        self.neighbors = SkinNeighborList(model.cutoff, skin)
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0, got {skin}")
+        self.cutoff = float(model.cutoff)
+        self.neighbors = NeighborList(self.cutoff, skin)
         self.field: ElectricField | None = as_field(field)
         self.max_force = float(max_force)
         self.tracker = PolarizationTracker()
@@ -299,8 +224,7 @@ class ModelPotential:
         if self.evaluations == 0 and hasattr(self.model, "check_elements"):
             self.model.check_elements(state.numbers)
         self._check_positions(state)
-        self.neighbors.update(state.positions, state.cell, state.pbc)
-        i, j, S, _, d = self.neighbors.edges(state.positions, state.cell)
+        i, j, S, _, d = self.edges(state)
         self._check_distances(state, i, j, d)
         inputs = graph_inputs(state.numbers, state.positions, state.cell, i, j, S, self.dtype)
         out = self.model.evaluate(inputs)
@@ -320,6 +244,17 @@ class ModelPotential:
         state.stress = heads["stress"]
         state.heads = heads
         self._check_forces(state)
+
+    def edges(self, state: MDState):
+        """(i, j, shifts, vectors, distances) of the pairs within the cutoff (self edges included), from the skin
+        list, which is rebuilt only when needed."""
+        self.neighbors.update(state.positions, state.cell, state.pbc)
+        i, j, S = self.neighbors.get()
+        S = S.astype(np.float64)
+        r = state.positions[j] - state.positions[i] + S @ state.cell
+        d = np.sqrt(np.einsum("ij,ij->i", r, r))
+        inside = d < self.cutoff
+        return i[inside], j[inside], S[inside], r[inside], d[inside]
 
     def start_field(self, state: MDState) -> None:
         """Set the field at the state's time without counting work (before the first step)."""

@@ -204,7 +204,11 @@ def test_skin_list_rebuilds_only_when_needed():
     moved[5] += [0.6 * skin, 0.0, 0.0]
     assert nl.update(moved, cell, pbc) and nl.n_builds == 2
     assert not nl.update(moved, cell, pbc)
-    assert nl.update(moved, cell * 1.001, pbc)  # strained cell
+    strained = moved * 1.01  # affine strain of 1 %: every pair within cutoff is still listed
+    assert not nl.update(strained, cell * 1.01, pbc)
+    assert within_cutoff(strained, cell * 1.01, nl.get(), cutoff) == edge_set(
+        *neighbor_list(strained, cell * 1.01, pbc, cutoff))
+    assert nl.update(moved * 0.75, cell * 0.75, pbc)  # compressed beyond what the skin covers
     assert nl.update(moved, cell * 1.001, [True, True, False])  # pbc changed
     assert nl.update(moved[:-1], cell * 1.001, [True, True, False])  # atom removed
     i, j, S = nl.get()
