@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from mtsim.graph import build_graph
-from mtsim.onnx_format import ModelFileError, check_metadata
+from mtsim.onnx_format import INPUT_NAMES, OUTPUT_NAMES, CorruptOnnxError, OnnxFileNotFoundError, check_mtsim_metadata, session_info
 from mtsim.structure import Structure, as_structure
 
-PROPERTIES = ("energy", "forces", "stress", "magmoms", "charges", "born_charges", "dielectric")
-INPUTS = ("numbers", "positions", "cell", "batch", "edge_index", "shifts")
+PROPERTIES = OUTPUT_NAMES
+INPUTS = INPUT_NAMES
 PER_STRUCTURE = ("energy", "stress", "dielectric")
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "mtsim-default"
@@ -107,16 +107,17 @@ class Model:
             options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3
         if not self.path.is_file():
-            raise ModelFileError(f"model file not found: {self.path}")
+            raise OnnxFileNotFoundError(f"model file not found: {self.path}")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for corrupt files
-            raise ModelFileError(f"{self.path} is not a readable ONNX file (corrupt or truncated?): {err}") from None
-        self.metadata = check_metadata(dict(self.session.get_modelmeta().custom_metadata_map), self.path)
-        self.cutoff = float(self.metadata["cutoff"])
-        self.precision = self.metadata["precision"]
+            raise CorruptOnnxError(f"{self.path} is not a readable ONNX model (corrupt or truncated): {err}") from None
+        info = check_mtsim_metadata(session_info(self.path, self.session))
+        self.metadata = info.metadata
+        self.cutoff = info.cutoff
+        self.precision = info.precision
         self.dtype = np.dtype(self.precision)
-        self.elements = tuple(int(z) for z in self.metadata["elements"].split(","))
+        self.elements = info.elements
 
     def __repr__(self) -> str:
         return (f"mtsim.Model({self.metadata.get('model_name', '?')}, {self.precision}, device={self.device!r}, "

@@ -1,30 +1,317 @@
-"""The mtsim ONNX file format: metadata keys and version checks (torch-free, shared by SDK and converters)."""
+"""The mtsim ONNX file format: names, metadata keys, and a torch-free reader/checker.
+
+An mtsim ONNX file (written by ``mtsim.training.export`` / ``mtsim convert``) is one fixed graph per precision:
+
+* inputs (``INPUT_NAMES``, the "flat-edges" layout of the model spec): ``numbers`` int64 [n],
+  ``positions`` [n,3], ``cell`` [b,3,3], ``batch`` int64 [n], ``edge_index`` int64 [2,e], ``shifts`` [e,3];
+  floats in the file's precision (float32 or float64); n, e and b are symbolic;
+* outputs (``OUTPUT_NAMES``, in this order): ``energy`` [b], ``forces`` [n,3], ``stress`` [b,3,3],
+  ``magmoms`` [n], ``charges`` [n], ``born_charges`` [n,3,3], ``dielectric`` [b,3,3];
+* ``metadata_props`` (all values are strings; JSON where noted), see ``METADATA_KEYS``.
+
+This module imports neither torch nor onnxruntime at import time, so the SDK can use it. ``read_onnx_file``
+uses the ``onnx`` package when it is installed and falls back to onnxruntime otherwise.
+"""
 
 from __future__ import annotations
 
-ONNX_FORMAT = "mtsim-onnx"
-ONNX_FORMAT_VERSION = 1
-REQUIRED_METADATA = ("mtsim_format", "mtsim_format_version", "input_layout", "cutoff", "elements", "precision")
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+FORMAT_NAME = "mtsim-onnx"
+"""Value of the ``mtsim_format`` metadata key."""
+FORMAT_VERSION = 1
+"""Version written by this mtsim (``mtsim_format_version``). Bump it when inputs, outputs or units change."""
+SUPPORTED_FORMAT_VERSIONS = (1,)
+"""Versions this mtsim reads."""
+INPUT_LAYOUT = "flat-edges"
+"""``input_layout`` of format version 1: edges as an [2,e] index list plus [e,3] integer cell shifts."""
+
+INPUT_NAMES = ("numbers", "positions", "cell", "batch", "edge_index", "shifts")
+OUTPUT_NAMES = ("energy", "forces", "stress", "magmoms", "charges", "born_charges", "dielectric")
+PRECISIONS = ("float32", "float64")
+
+INPUT_SHAPES = {
+    "numbers": ("n",), "positions": ("n", 3), "cell": ("b", 3, 3), "batch": ("n",),
+    "edge_index": (2, "e"), "shifts": ("e", 3),
+}
+OUTPUT_SHAPES = {
+    "energy": ("b",), "forces": ("n", 3), "stress": ("b", 3, 3), "magmoms": ("n",), "charges": ("n",),
+    "born_charges": ("n", 3, 3), "dielectric": ("b", 3, 3),
+}
+INTEGER_INPUTS = ("numbers", "batch", "edge_index")
+
+UNITS = {
+    "positions": "Å", "cell": "Å", "shifts": "1 (integer cell shifts)", "energy": "eV", "forces": "eV/Å",
+    "stress": "eV/Å^3", "magmoms": "μB", "charges": "e", "born_charges": "e", "dielectric": "1",
+}
+
+# metadata keys ---------------------------------------------------------------------------------------------
+KEY_FORMAT = "mtsim_format"
+KEY_VERSION = "mtsim_format_version"
+METADATA_KEYS = {
+    KEY_FORMAT: f"always {FORMAT_NAME!r}",
+    KEY_VERSION: "integer format version",
+    "input_layout": "input layout of this version (flat-edges)",
+    "model_name": "name of the model (preset name unless the checkpoint metadata names it)",
+    "model_preset": "Table S1 size preset (1M, 10M, 220M, 1.3B or custom)",
+    "model_config": "JSON: the ModelConfig the model was built with",
+    "cutoff": "neighbour cutoff in Å (float)",
+    "elements": "supported atomic numbers, comma-separated (e.g. 1,2,...,94)",
+    "heads": "JSON list of outputs, in output order",
+    "precision": "float32 or float64 (type of every float input and output)",
+    "units": "JSON: unit of every input and output",
+    "parameter_count": "number of trained parameters (integer)",
+    "training_data": "training-data provenance (JSON or text; 'untrained / none' for a fresh model)",
+    "source_checkpoint_sha256": "sha256 of the checkpoint file exported from ('none' if exported from memory)",
+    "mtsim_version": "version of mtsim that wrote the file",
+}
+REQUIRED_KEYS = tuple(METADATA_KEYS)
+
+ONNX_FLOAT = {1: "float32", 11: "float64"}
+ONNX_TYPE_NAMES = {1: "float32", 7: "int64", 11: "float64", 6: "int32", 9: "bool", 10: "float16"}
 
 
 class ModelFileError(ValueError):
-    """A model file is missing, corrupt, not an mtsim model, or of an unsupported format version."""
+    """A model file is missing, corrupt, not an mtsim model, or of an unsupported format version (base class)."""
 
 
-def check_metadata(metadata: dict[str, str], path) -> dict[str, str]:
-    """Return ``metadata`` if it describes an mtsim ONNX model this version reads, else raise ``ModelFileError``."""
-    if metadata.get("mtsim_format") != ONNX_FORMAT:
-        raise ModelFileError(f"{path} is not an mtsim model (its metadata has no mtsim_format={ONNX_FORMAT!r})")
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise ModelFileError(f"{path}: mtsim metadata is incomplete, missing {missing}")
-    version = metadata["mtsim_format_version"]
-    if version != str(ONNX_FORMAT_VERSION):
-        newer = version.isdigit() and int(version) > ONNX_FORMAT_VERSION
-        raise ModelFileError(
-            f"{path} has mtsim ONNX format version {version}; this mtsim reads version {ONNX_FORMAT_VERSION}"
-            + (" (the file is newer: upgrade mtsim)" if newer else "")
+class OnnxFormatError(ModelFileError):
+    """An ONNX file cannot be used as an mtsim model (base class of the errors below)."""
+
+
+class OnnxFileNotFoundError(OnnxFormatError):
+    """The ONNX file does not exist."""
+
+
+class CorruptOnnxError(OnnxFormatError):
+    """The file is not a readable ONNX model (corrupt, truncated or not ONNX at all)."""
+
+
+class NotMtsimOnnxError(OnnxFormatError):
+    """A valid ONNX model that was not written by mtsim (no ``mtsim_format`` metadata) or breaks the contract."""
+
+
+class UnsupportedFormatVersionError(OnnxFormatError):
+    """An mtsim ONNX file of a format version this mtsim cannot read."""
+
+
+@dataclass
+class OnnxModelInfo:
+    """What ``read_onnx_file`` found. Shapes use ints for fixed dims and strings for symbolic ones."""
+
+    path: str
+    metadata: dict[str, str]
+    inputs: list[tuple[str, str, tuple]]  # (name, element type, shape)
+    outputs: list[tuple[str, str, tuple]]
+    reader: str  # "onnx" or "onnxruntime"
+    opset: int | None = None
+    ir_version: int | None = None
+    node_count: int | None = None
+    parameter_count: int | None = None  # elements of all initializers (None where unreadable)
+    op_counts: dict[str, int] | None = None
+    unavailable: list[str] = field(default_factory=list)  # what the reader could not tell
+
+    # parsed metadata (valid after check_mtsim_metadata) ----------------------------------------------------
+    @property
+    def format_version(self) -> int:
+        return int(self.metadata[KEY_VERSION])
+
+    @property
+    def precision(self) -> str:
+        return self.metadata["precision"]
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.metadata["cutoff"])
+
+    @property
+    def elements(self) -> tuple[int, ...]:
+        return tuple(int(z) for z in self.metadata["elements"].split(","))
+
+    @property
+    def input_layout(self) -> str:
+        return self.metadata["input_layout"]
+
+    def json(self, key: str):
+        """Metadata value ``key`` parsed as JSON (``model_config``, ``units``, ``heads``, ...)."""
+        return json.loads(self.metadata[key])
+
+
+def read_onnx_file(path: str | os.PathLike, prefer: str = "onnx") -> OnnxModelInfo:
+    """Read metadata, inputs, outputs (and with ``onnx``: opset, node and parameter counts) of any ONNX file.
+
+    Raises ``OnnxFileNotFoundError`` or ``CorruptOnnxError``; does not check that the file is an mtsim model
+    (``check_onnx_file`` does). ``prefer="onnxruntime"`` skips the ``onnx`` package.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise OnnxFileNotFoundError(f"ONNX file not found: {path}")
+    if not os.path.isfile(path):
+        raise CorruptOnnxError(f"{path} is not a regular file")
+    if os.path.getsize(path) == 0:
+        raise CorruptOnnxError(f"{path} is empty (0 bytes): not an ONNX model")
+    if prefer == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            prefer = "onnxruntime"
+    return _read_with_onnx(path) if prefer == "onnx" else _read_with_onnxruntime(path)
+
+
+def _shape_of(value_info) -> tuple:
+    dims = []
+    for dim in value_info.type.tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        else:
+            dims.append(dim.dim_param or "?")
+    return tuple(dims)
+
+
+def _read_with_onnx(path: str) -> OnnxModelInfo:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as err:  # DecodeError and friends: protobuf raises several unrelated types
+        raise CorruptOnnxError(f"{path} is not a readable ONNX model (corrupt or truncated): {err}") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise CorruptOnnxError(f"{path} holds no ONNX graph (corrupt, truncated or not an ONNX file)")
+    graph = model.graph
+    initializer_names = {init.name for init in graph.initializer}
+
+    def io(values, skip=()):
+        return [(v.name, ONNX_TYPE_NAMES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
+                 _shape_of(v)) for v in values if v.name not in skip]
+
+    op_counts: dict[str, int] = {}
+    for node in _all_nodes(model):
+        op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    parameters = sum(math.prod(init.dims) for init in graph.initializer)
+    return OnnxModelInfo(
+        path=path,
+        metadata={p.key: p.value for p in model.metadata_props},
+        inputs=io(graph.input, initializer_names),
+        outputs=io(graph.output),
+        reader="onnx",
+        opset=opset,
+        ir_version=int(model.ir_version),
+        node_count=len(graph.node),
+        parameter_count=int(parameters),
+        op_counts=op_counts,
+    )
+
+
+def _all_nodes(model):
+    """Every node of the main graph, its subgraphs and local functions."""
+    stack = [model.graph]
+    for function in model.functions:
+        yield from function.node
+    while stack:
+        graph = stack.pop()
+        for node in graph.node:
+            yield node
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    stack.append(attribute.g)
+                stack.extend(attribute.graphs)
+
+
+def _read_with_onnxruntime(path: str) -> OnnxModelInfo:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        raise CorruptOnnxError(f"{path} is not a readable ONNX model (corrupt or truncated): {err}") from None
+    return session_info(path, session)
+
+
+def session_info(path, session) -> OnnxModelInfo:
+    """What an open onnxruntime session tells of its file (metadata, inputs, outputs)."""
+    types = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64"}
+
+    def io(values):
+        return [(v.name, types.get(v.type, v.type), tuple(d if d is not None else "?" for d in v.shape))
+                for v in values]
+
+    return OnnxModelInfo(
+        path=os.fspath(path),
+        metadata=dict(session.get_modelmeta().custom_metadata_map),
+        inputs=io(session.get_inputs()),
+        outputs=io(session.get_outputs()),
+        reader="onnxruntime",
+        unavailable=["opset", "IR version", "node count", "parameter count", "operator counts"],
+    )
+
+
+def check_mtsim_metadata(info: OnnxModelInfo) -> OnnxModelInfo:
+    """Check that ``info`` describes an mtsim ONNX file of a supported version that keeps the contract.
+
+    Raises ``NotMtsimOnnxError`` or ``UnsupportedFormatVersionError``; returns ``info``.
+    """
+    meta, path = info.metadata, info.path
+    if meta.get(KEY_FORMAT) != FORMAT_NAME:
+        found = f"{KEY_FORMAT}={meta[KEY_FORMAT]!r}" if KEY_FORMAT in meta else f"no {KEY_FORMAT!r} metadata"
+        raise NotMtsimOnnxError(
+            f"{path} is not an mtsim ONNX model ({found}); convert a checkpoint with `mtsim convert`"
         )
-    if metadata["input_layout"] != "flat-edges":
-        raise ModelFileError(f"{path}: unsupported input layout {metadata['input_layout']!r}")
-    return metadata
+    raw_version = meta.get(KEY_VERSION)
+    try:
+        version = int(raw_version)
+    except (TypeError, ValueError):
+        raise UnsupportedFormatVersionError(
+            f"{path} has an unreadable {KEY_VERSION} {raw_version!r}; this mtsim reads versions "
+            f"{list(SUPPORTED_FORMAT_VERSIONS)}") from None
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        newer = " (written by a newer mtsim: upgrade mtsim)" if version > max(SUPPORTED_FORMAT_VERSIONS) else ""
+        raise UnsupportedFormatVersionError(
+            f"{path} has mtsim ONNX format version {version}{newer}; this mtsim reads versions "
+            f"{list(SUPPORTED_FORMAT_VERSIONS)}"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise NotMtsimOnnxError(f"{path}: metadata is incomplete (missing {missing}); the file may be truncated")
+    if meta["input_layout"] != INPUT_LAYOUT:
+        raise UnsupportedFormatVersionError(
+            f"{path}: input layout {meta['input_layout']!r} is not {INPUT_LAYOUT!r} (format version {version})"
+        )
+    precision = meta["precision"]
+    if precision not in PRECISIONS:
+        raise NotMtsimOnnxError(f"{path}: unknown precision {precision!r} (expected one of {PRECISIONS})")
+    try:
+        float(meta["cutoff"])
+        [int(z) for z in meta["elements"].split(",")]
+    except ValueError:
+        raise NotMtsimOnnxError(f"{path}: unreadable cutoff {meta['cutoff']!r} or elements "
+                                f"{meta['elements'][:40]!r}") from None
+    inputs = {name: (dtype, shape) for name, dtype, shape in info.inputs}
+    outputs = [name for name, _, _ in info.outputs]
+    if tuple(inputs) != INPUT_NAMES:
+        raise NotMtsimOnnxError(f"{path}: inputs {list(inputs)} are not {list(INPUT_NAMES)}")
+    if tuple(outputs) != OUTPUT_NAMES:
+        raise NotMtsimOnnxError(f"{path}: outputs {outputs} are not {list(OUTPUT_NAMES)}")
+    for name, (dtype, shape) in inputs.items():
+        expected = "int64" if name in INTEGER_INPUTS else precision
+        if dtype != expected:
+            raise NotMtsimOnnxError(f"{path}: input {name!r} has type {dtype}, expected {expected}")
+        if len(shape) != len(INPUT_SHAPES[name]):
+            raise NotMtsimOnnxError(f"{path}: input {name!r} has shape {shape}, expected {INPUT_SHAPES[name]}")
+    for name, dtype, _ in info.outputs:
+        if dtype != precision:
+            raise NotMtsimOnnxError(f"{path}: output {name!r} has type {dtype}, expected {precision}")
+    return info
+
+
+def check_onnx_file(path: str | os.PathLike, prefer: str = "onnx") -> OnnxModelInfo:
+    """``read_onnx_file`` + ``check_mtsim_metadata``: the one call the SDK needs before opening a session.
+
+    Raises a subclass of ``OnnxFormatError`` with a message naming the problem.
+    """
+    return check_mtsim_metadata(read_onnx_file(path, prefer=prefer))

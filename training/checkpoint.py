@@ -27,7 +27,7 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(model: MTModel, path: str | os.PathLike, metadata: dict | None = None, **extra) -> None:
-    """Write ``model`` (config, weights, normalisation) and JSON-like ``metadata`` to ``path``.
+    """Write ``model`` (config, weights, normalisation) and JSON-like ``metadata`` (default ``model.metadata``).
 
     ``extra`` entries (optimizer state, EMA weights, ...) are stored alongside for resuming training.
     """
@@ -37,7 +37,7 @@ def save_checkpoint(model: MTModel, path: str | os.PathLike, metadata: dict | No
         "config": asdict(model.config),
         "dtype": str(model.dtype).removeprefix("torch."),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "metadata": dict(metadata or {}),
+        "metadata": dict(model.metadata if metadata is None else metadata),
         **extra,
     }
     tmp = f"{os.fspath(path)}.tmp"

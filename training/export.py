@@ -1,6 +1,6 @@
 """Export a trained model to one fixed ONNX graph per precision, forces and stress inside the graph.
 
-``export(model_or_checkpoint, path, precision)`` writes the file described by ``mtsim.converters.onnx_format``
+``export(model_or_checkpoint, path, precision)`` writes the file described by ``mtsim.onnx_format``
 (the ONNX contract of ``shared/design/model-spec.md``).
 
 How (each step is there because the obvious alternative fails with torch 2.13 / onnxscript 0.7 /
@@ -10,8 +10,9 @@ onnxruntime 1.3x):
    energy, its ``torch.autograd.grad`` with respect to positions and strain, and the other heads.
 2. ``make_fx(tracing_mode="symbolic")`` traces forward *and* backward into one aten graph (``dynamo=True`` on a
    module calling ``autograd.grad``, ``torch.func`` transforms and the TorchScript exporter all fail). The
-   example graph has distinct, non-trivial sizes (n=7 atoms in b=2 structures, e=31 edges) so that no size is
-   specialised. ``aten.native_layer_norm`` and its backward are decomposed during tracing into plain
+   example graph has distinct, non-trivial sizes (n=9 atoms in b=4 structures, e=37 edges) so that no size is
+   specialised or tied to another. Full slices (``x[:, None]``) and their backward (``slice_backward``, which
+   would become zeros + ``ScatterND``) are removed from the traced graph: both are the identity. ``aten.native_layer_norm`` and its backward are decomposed during tracing into plain
    arithmetic in the model's dtype: onnxruntime's ``LayerNormalization`` keeps float32 statistics, which the
    backward then mixes with doubles (float64 error ~1e-8).
 3. ``torch.onnx.export(graph_module, dynamo=True, optimize=False)`` with dynamic n, e, b. The onnxscript
@@ -27,7 +28,9 @@ onnxruntime 1.3x):
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import time
@@ -37,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtsim.converters.onnx_format import (
+from mtsim.onnx_format import (
     FORMAT_NAME, FORMAT_VERSION, INPUT_LAYOUT, INPUT_NAMES, INPUT_SHAPES, KEY_FORMAT, KEY_VERSION,
     OUTPUT_NAMES, OUTPUT_SHAPES, PRECISIONS, UNITS,
 )
@@ -74,37 +77,34 @@ class ForceStressModule(nn.Module):
         return tuple(out[name] for name in OUTPUT_NAMES)
 
 
-def example_inputs(dtype: torch.dtype, cutoff: float = 5.0) -> tuple[torch.Tensor, ...]:
-    """A small generic two-structure graph used for tracing only: n=7, b=2, e=31, all sizes distinct (and not
-    0, 1, 2 or 3 for n and e) so that symbolic tracing keeps them independent."""
+EXAMPLE_SIZES = (3, 2, 1, 3)
+"""Atoms per structure of the tracing example: n=9, b=4 (and e=37 edges). Symbolic tracing gives input dims of
+equal value one symbol and specialises 0 and 1, so n, e and b differ from each other and from 0, 1, 2 and 3
+(the fixed dims of the contract)."""
+EXAMPLE_EDGES = 37
+
+
+def example_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The generic graph used for tracing only (values are irrelevant; sizes are ``EXAMPLE_SIZES``)."""
     rng = np.random.default_rng(0)
-    sizes = (4, 3)
-    numbers = np.array([8, 1, 1, 6, 14, 26, 29], dtype=np.int64)
-    cell = np.stack([np.diag([6.1, 5.7, 6.3]), np.array([[4.1, 0.2, 0.0], [0.3, 4.4, 0.1], [0.2, -0.1, 4.7]])])
-    positions = rng.uniform(0.0, 3.0, size=(7, 3))
-    batch = np.repeat(np.arange(2), sizes)
-    edges, shifts = [], []
-    first = 0
-    for k, size in enumerate(sizes):
-        atoms = range(first, first + size)
-        for i in atoms:
-            edges.append((i, i)), shifts.append((0, 0, 0))  # self edge
-            for j in atoms:
-                if j != i:
-                    edges.append((i, j)), shifts.append((0, 0, 0))
-        first += size
-    edges.append((4, 4)), shifts.append((1, 0, 0))
-    edges.append((4, 4)), shifts.append((-1, 0, 0))
-    edges.append((5, 6)), shifts.append((0, 1, 0))
-    while len(edges) < 31:  # pad with periodic images inside the second structure
-        i, j = rng.integers(4, 7, size=2)
-        edges.append((i, j)), shifts.append(tuple(rng.integers(-1, 2, size=3)))
-    edge_index = np.array(edges, dtype=np.int64).T.copy()
-    as_float = {"dtype": dtype}
+    n, b = sum(EXAMPLE_SIZES), len(EXAMPLE_SIZES)
+    numbers = rng.integers(1, 95, size=n)
+    cell = np.eye(3)[None] * rng.uniform(4.0, 7.0, size=(b, 1, 1)) + rng.uniform(-0.3, 0.3, size=(b, 3, 3))
+    positions = rng.uniform(0.0, 3.0, size=(n, 3))
+    batch = np.repeat(np.arange(b), EXAMPLE_SIZES)
+    first = np.concatenate([[0], np.cumsum(EXAMPLE_SIZES)[:-1]])
+    edges = [(i, j, 0, 0, 0) for k, size in enumerate(EXAMPLE_SIZES)
+             for i in range(first[k], first[k] + size) for j in range(first[k], first[k] + size)]  # self edges too
+    while len(edges) < EXAMPLE_EDGES:  # periodic images
+        i = int(rng.integers(0, n))
+        j = int(rng.choice(np.flatnonzero(batch == batch[i])))
+        edges.append((i, j, *rng.choice([-1, 1], size=3)))
+    edges = np.array(edges[:EXAMPLE_EDGES], dtype=np.int64)
+    assert len({n, b, len(edges)} | {0, 1, 2, 3}) == 7
     return (
-        torch.from_numpy(numbers), torch.tensor(positions, **as_float), torch.tensor(cell, **as_float),
-        torch.from_numpy(batch.astype(np.int64)), torch.from_numpy(edge_index),
-        torch.tensor(np.array(shifts, dtype=np.float64), **as_float),
+        torch.from_numpy(numbers.astype(np.int64)), torch.tensor(positions, dtype=dtype),
+        torch.tensor(cell, dtype=dtype), torch.from_numpy(batch.astype(np.int64)),
+        torch.from_numpy(edges[:, :2].T.copy()), torch.tensor(edges[:, 2:].astype(np.float64), dtype=dtype),
     )
 
 
@@ -149,21 +149,16 @@ def simplify(graph_module) -> int:
     (``slice_backward``, which the exporter writes as zeros + ``ScatterND``): both are the identity.
     Returns the number of nodes removed."""
     aten = torch.ops.aten
+    signatures = {aten.slice.Tensor: (("self", "dim", "start", "end", "step"), {"dim": 0, "start": None,
+                                                                                  "end": None, "step": 1}),
+                  aten.slice_backward.default: (("grad", "sizes", "dim", "start", "end", "step"), {})}
     removed = 0
     for node in list(graph_module.graph.nodes):
-        if node.op != "call_function":
+        if node.op != "call_function" or node.target not in signatures:
             continue
-        if node.target == aten.slice.Tensor:
-            args = list(node.args) + [None] * (5 - len(node.args))
-            _, _, start, end, step = args[:5]
-            start = node.kwargs.get("start", start if len(node.args) > 2 else 0)
-            end = node.kwargs.get("end", end)
-            step = node.kwargs.get("step", step if len(node.args) > 4 else 1)
-        elif node.target == aten.slice_backward.default:
-            _, _, _, start, end, step = node.args
-        else:
-            continue
-        if _is_full_slice(start, end, step):
+        names, defaults = signatures[node.target]
+        arguments = {**defaults, **dict(zip(names, node.args)), **node.kwargs}
+        if _is_full_slice(arguments["start"], arguments["end"], arguments["step"]):
             node.replace_all_uses_with(node.args[0])
             graph_module.graph.erase_node(node)
             removed += 1
@@ -177,7 +172,7 @@ def trace(model: MTModel, dtype: torch.dtype):
     from torch.fx.experimental.proxy_tensor import make_fx
 
     module = ForceStressModule(model).eval()
-    args = example_inputs(dtype, model.config.cutoff)
+    args = example_inputs(dtype)
     with torch.enable_grad():
         graph_module = make_fx(module, tracing_mode="symbolic", decomposition_table=_decompositions(),
                                _allow_non_fake_inputs=True)(*args)
@@ -205,11 +200,11 @@ def export_metadata(model: MTModel, precision: str, checkpoint_sha256: str = "no
         KEY_FORMAT: FORMAT_NAME,
         KEY_VERSION: str(FORMAT_VERSION),
         "input_layout": INPUT_LAYOUT,
-        "model_name": str(meta.get("name", f"mtsim-{model.config.preset}")),
+        "model_name": str(meta.get("model_name", meta.get("name", f"mtsim-{model.config.preset}"))),
         "model_preset": model.config.preset,
         "model_config": json.dumps(asdict(model.config), sort_keys=True),
         "cutoff": repr(float(model.config.cutoff)),
-        "supported_elements": json.dumps(list(range(1, MAX_Z + 1))),
+        "elements": ",".join(str(z) for z in range(1, MAX_Z + 1)),
         "heads": json.dumps(list(OUTPUT_NAMES)),
         "precision": precision,
         "units": json.dumps(UNITS, ensure_ascii=False),
@@ -221,18 +216,22 @@ def export_metadata(model: MTModel, precision: str, checkpoint_sha256: str = "no
 
 
 def export(model_or_checkpoint, path: str | os.PathLike, precision: str = "float32", *,
-           metadata: dict[str, str] | None = None, verbose: bool = False) -> dict[str, str]:
+           metadata: dict[str, str] | None = None, checkpoint_sha256: str | None = None,
+           verbose: bool = False) -> dict[str, str]:
     """Write ``model_or_checkpoint`` (an ``MTModel`` or a checkpoint path) to ``path`` as an mtsim ONNX file.
 
     ``precision`` ("float32" or "float64") is the type of every float input, output and weight of the file.
-    ``metadata`` entries are added to (or override) the written metadata. Runs ``check_graph`` on the result
-    and raises ``ExportError`` if the graph breaks the contract. Returns the metadata written.
+    ``metadata`` entries are added to (or override) the written metadata; ``checkpoint_sha256`` records the
+    source checkpoint of an in-memory model (computed automatically when a path is given). Runs
+    ``check_graph`` on the result and raises ``ExportError`` (writing nothing) if the graph breaks the
+    contract. Returns the metadata written.
     """
     import onnx
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    source, checkpoint_sha256 = _resolve(model_or_checkpoint)
+    source, source_sha256 = _resolve(model_or_checkpoint)
+    checkpoint_sha256 = checkpoint_sha256 or source_sha256
     dtype = _TORCH_DTYPES[precision]
     model = copy.deepcopy(source).to(device="cpu", dtype=dtype).eval().requires_grad_(False)
 
@@ -247,10 +246,7 @@ def export(model_or_checkpoint, path: str | os.PathLike, precision: str = "float
         {axis: dims[size] for axis, size in enumerate(INPUT_SHAPES[name]) if isinstance(size, str)}
         for name in INPUT_NAMES
     )
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet(not verbose):
         program = torch.onnx.export(
             graph_module, args, dynamo=True, dynamic_shapes=dynamic_shapes, optimize=False,
             opset_version=OPSET, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
@@ -267,6 +263,10 @@ def export(model_or_checkpoint, path: str | os.PathLike, precision: str = "float
     for key, value in written.items():
         proto.metadata_props.add(key=key, value=value)
     check_graph(proto, precision)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"exported ONNX model is invalid: {err}") from None
 
     path = os.fspath(path)
     tmp = f"{path}.tmp"
@@ -281,6 +281,28 @@ def export(model_or_checkpoint, path: str | os.PathLike, precision: str = "float
         print(f"traced in {traced - start:.1f} s, exported in {exported - traced:.1f} s, "
               f"{len(proto.graph.node)} nodes -> {path}")
     return written
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """Silence the exporter's progress prints, its warnings and its logging (e.g. 'torchvision is not installed')."""
+    if not enabled:
+        yield
+        return
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------- graph checks
@@ -298,7 +320,7 @@ def check_graph(model, precision: str | None = None) -> None:
 
     if isinstance(model, (str, os.PathLike)):
         model = onnx.load(os.fspath(model), load_external_data=False)
-    from mtsim.converters.onnx_format import _all_nodes, _shape_of
+    from mtsim.onnx_format import _all_nodes, _shape_of
 
     problems = []
     for node in _all_nodes(model):
@@ -355,7 +377,7 @@ def _precision_problems(model, precision: str) -> list[str]:
     for init in graph.initializer:
         if init.data_type in bad_types:
             problems.append(f"initializer {init.name!r} is {other[init.data_type]}, the file is {precision}")
-    from mtsim.converters.onnx_format import _all_nodes
+    from mtsim.onnx_format import _all_nodes
 
     for node in _all_nodes(model):
         for attribute in node.attribute:

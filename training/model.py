@@ -28,8 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mtsim.onnx_format import OUTPUT_NAMES
+
 MAX_Z = 94
-PROPERTIES = ("energy", "forces", "stress", "magmoms", "charges", "born_charges", "dielectric")
+PROPERTIES = OUTPUT_NAMES
 
 
 @dataclass(frozen=True)
