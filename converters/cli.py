@@ -35,7 +35,7 @@ def convert(checkpoint: str, output: str | None, precision: str, validate: bool,
     except ImportError:
         raise click.ClickException("mtsim convert needs PyTorch: pip install 'mtsim[train]'") from None
     from mtsim.training.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint
-    from mtsim.training.export import ExportError, export
+    from mtsim.training.exporter import ExportError, export
 
     if output is None:
         stem = os.path.splitext(checkpoint)[0]

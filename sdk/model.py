@@ -63,6 +63,19 @@ def cuda_usable() -> bool:
     return libcuda.cuInit(0) == 0 and libcuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when usable, else ``"cpu"``; ``"cuda"`` without a usable GPU is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    if cuda_usable():
+        return "cuda"
+    if device == "cuda":
+        raise RuntimeError("device='cuda' asked for, but onnxruntime-gpu with a usable CUDA GPU is not present")
+    return "cpu"
+
+
 def find_model_file(model: str | os.PathLike | None, precision: str | None) -> Path:
     """Resolve ``model`` (None = bundled default; a file; or a stem with ``.float32.onnx``/``.float64.onnx``)."""
     if model is None:
@@ -71,7 +84,7 @@ def find_model_file(model: str | os.PathLike | None, precision: str | None) -> P
         for path in candidates:
             if path.is_file():
                 return path
-        raise FileNotFoundError(
+        raise OnnxFileNotFoundError(
             f"the bundled default model is missing: none of {[str(c) for c in candidates]} exists. "
             "Pass a model file (mtsim.load('model.onnx')) or export one with `mtsim convert`."
         )
@@ -82,7 +95,7 @@ def find_model_file(model: str | os.PathLike | None, precision: str | None) -> P
     for candidate in stems:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"model file not found: {path}")
+    raise OnnxFileNotFoundError(f"model file not found: {path}")
 
 
 class Model:
@@ -96,11 +109,7 @@ class Model:
         import onnxruntime as ort
 
         self.path = Path(path)
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-        if device == "cuda" and not cuda_usable():
-            raise RuntimeError("device='cuda' asked for, but onnxruntime-gpu with a usable CUDA GPU is not present")
-        self.device = "cuda" if device == "cuda" or (device == "auto" and cuda_usable()) else "cpu"
+        self.device = resolve_device(device)
         providers = (["CUDAExecutionProvider"] if self.device == "cuda" else []) + ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         if threads is not None:
@@ -194,6 +203,7 @@ def load(model: str | os.PathLike | None = None, device: str = "auto", precision
     ``precision``: ``"float32"``/``"float64"`` picks between files of one stem; ``threads``: intra-op threads."""
     if precision not in (None, "float32", "float64"):
         raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
+    device = resolve_device(device)
     path = find_model_file(model, precision)
     loaded = Model(path, device=device, threads=threads)
     if precision is not None and loaded.precision != precision:

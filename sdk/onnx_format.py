@@ -82,8 +82,8 @@ class OnnxFormatError(ModelFileError):
     """An ONNX file cannot be used as an mtsim model (base class of the errors below)."""
 
 
-class OnnxFileNotFoundError(OnnxFormatError):
-    """The ONNX file does not exist."""
+class OnnxFileNotFoundError(OnnxFormatError, FileNotFoundError):
+    """The ONNX file does not exist (also a ``FileNotFoundError``)."""
 
 
 class CorruptOnnxError(OnnxFormatError):

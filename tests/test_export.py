@@ -34,7 +34,7 @@ from mtsim.converters.validate import (  # noqa: E402
 from mtsim.graph import build_graph  # noqa: E402
 from mtsim.training import build_model, save_checkpoint  # noqa: E402
 from mtsim.training.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_checkpoint  # noqa: E402
-from mtsim.training.export import IR_VERSION, OPSET, ExportError, check_graph, export  # noqa: E402
+from mtsim.training.exporter import IR_VERSION, OPSET, ExportError, check_graph, export  # noqa: E402
 
 SMALL = dict(num_blocks=1, dim=32, ffn_dim=32, num_heads=4, num_gaussians=16)
 PRECISIONS = ("float32", "float64")
@@ -466,7 +466,7 @@ def test_convert_fails_and_removes_file_when_validation_fails(files, workdir, mo
     """If the file does not reproduce PyTorch, `mtsim convert` exits non-zero, prints the error table and
     removes the file (the export is replaced by a copy of another model's file to make it fail)."""
     import mtsim.converters.validate as validate_module
-    import mtsim.training.export as export_module
+    import mtsim.training.exporter as export_module
 
     quick = [case for case in validate_module.validation_panel() if case[0] in ("molecule", "triclinic")]
     monkeypatch.setattr(validate_module, "validation_panel", lambda: quick)

@@ -3,7 +3,7 @@
 from mtsim.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mtsim.training.config import ConfigError, TrainConfig, load_config
 from mtsim.training.data import AtomsDataset, collate, read_frames
-from mtsim.training.export import ExportError, check_graph, export
+from mtsim.training.exporter import ExportError, check_graph, export
 from mtsim.training.loss import multitask_loss
 from mtsim.training.model import PRESETS, PROPERTIES, ModelConfig, MTModel, build_model
 from mtsim.training.trainer import Trainer, ensemble_uncertainty, force_spread, rank_by_uncertainty, train

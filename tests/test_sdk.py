@@ -1,0 +1,215 @@
+"""The torch-free SDK: mtsim.load, Model.predict, the ASE calculator and `mtsim predict`, against PyTorch."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+import ase.io  # noqa: E402
+from ase import Atoms  # noqa: E402
+from ase.build import bulk, molecule  # noqa: E402
+from ase.calculators.calculator import PropertyNotImplementedError  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+import mtsim  # noqa: E402
+from mtsim.cli import main as cli  # noqa: E402
+from mtsim.onnx_format import (  # noqa: E402
+    CorruptOnnxError,
+    ModelFileError,
+    NotMtsimOnnxError,
+    OnnxFileNotFoundError,
+    UnsupportedFormatVersionError,
+)
+from mtsim.training import build_model, export  # noqa: E402
+
+SMALL = dict(num_blocks=1, dim=32, ffn_dim=32, num_heads=4, num_gaussians=16)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small float64 model and its ONNX file."""
+    model = build_model("1M", dtype=torch.float64, seed=3, **SMALL)
+    with torch.no_grad():
+        model.reference_energies.normal_(0.0, 1.0)
+    path = tmp_path_factory.mktemp("sdk") / "small.float64.onnx"
+    export(model, path, precision="float64")
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def sdk_model(exported):
+    return mtsim.load(exported[1], device="cpu")
+
+
+def structures():
+    slab = bulk("Al", "fcc", a=4.05, cubic=True)
+    slab.center(vacuum=3.0, axis=2)
+    slab.pbc = (True, True, False)
+    zno = bulk("ZnO", "wurtzite", a=3.25, c=5.21)
+    zno.rattle(0.05, seed=1)
+    return [zno, molecule("CH4"), slab, Atoms("Cu", cell=np.eye(3) * 2.6, pbc=True)]
+
+
+def test_predict_matches_pytorch_single_and_batched(exported, sdk_model):
+    model, _ = exported
+    items = structures()
+    reference = model.predict(items)
+    batched = sdk_model.predict(items)
+    assert isinstance(batched, list) and len(batched) == len(items)
+    for atoms, ref, got in zip(items, reference, batched):
+        single = sdk_model.predict(atoms)
+        assert isinstance(single, mtsim.Prediction) and isinstance(single.energy, float)
+        for key, value in ref.items():
+            scale = max(np.abs(value).max(), 1e-3)
+            np.testing.assert_allclose(getattr(got, key), value, rtol=0, atol=1e-10 * scale, err_msg=key)
+            np.testing.assert_allclose(getattr(single, key), value, rtol=0, atol=1e-10 * scale, err_msg=key)
+    assert sdk_model.predict(items, batch_size=1)[0].energy == pytest.approx(batched[0].energy, abs=1e-12)
+
+
+def test_model_attributes(sdk_model):
+    assert sdk_model.precision == "float64" and sdk_model.device == "cpu"
+    assert sdk_model.cutoff == 5.0
+    assert sdk_model.elements == tuple(range(1, 95))
+    assert sdk_model.metadata["mtsim_format"] == "mtsim-onnx"
+    assert json.loads(sdk_model.metadata["heads"]) == list(mtsim.model.PROPERTIES)
+
+
+def test_calculator_drives_ase_velocity_verlet(sdk_model):
+    from ase.md.verlet import VelocityVerlet
+    from ase.units import fs
+
+    atoms = bulk("MgO", "rocksalt", a=4.21) * (2, 2, 2)
+    atoms.calc = mtsim.Calculator(sdk_model)
+    atoms.set_momenta(np.random.default_rng(0).normal(0, 0.05, (len(atoms), 3)))
+    start = atoms.get_total_energy()
+    VelocityVerlet(atoms, timestep=0.5 * fs).run(20)
+    assert abs(atoms.get_total_energy() - start) / len(atoms) < 1e-3
+    for name in ("magmoms", "charges", "born_charges", "dielectric"):
+        assert np.isfinite(atoms.calc.get_property(name, atoms)).all()
+    assert atoms.get_stress().shape == (6,)
+
+
+def test_calculator_caches_like_ase(sdk_model):
+    class Counting:
+        calls = 0
+
+        def predict(self, atoms):
+            Counting.calls += 1
+            return sdk_model.predict(atoms)
+
+    atoms = bulk("Cu", "fcc", a=3.6)
+    atoms.calc = mtsim.Calculator(Counting())
+    atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(), atoms.calc.get_property("born_charges")
+    assert Counting.calls == 1
+    atoms.positions[0, 0] += 0.01
+    atoms.get_forces()
+    assert Counting.calls == 2
+    water = molecule("H2O")
+    water.calc = mtsim.Calculator(Counting())
+    water.get_forces()
+    with pytest.raises(PropertyNotImplementedError):  # no cell volume: no stress, as ASE calculators do
+        water.get_stress()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Atoms(numbers=[95], positions=[[0, 0, 0]]), "unknown element"),
+    (lambda: Atoms("H2", positions=[[0, 0, 0], [np.inf, 0, 0]]), "NaN or inf"),
+    (lambda: Atoms("H2", positions=[[0, 0, 0], [0.05, 0, 0]]), "overlapping atoms"),
+    (lambda: Atoms("H", cell=[[1, 0, 0], [0, 1, 0], [1, 1, 0]], pbc=True), "singular cell"),
+    (lambda: Atoms(), "non-empty"),
+])
+def test_bad_structures_raise_named_errors(sdk_model, make, message):
+    with pytest.raises(ValueError, match=message):
+        sdk_model.predict(make())
+
+
+def test_overlap_can_be_allowed(sdk_model):
+    p = sdk_model.predict(Atoms("H2", positions=[[0, 0, 0], [0.05, 0, 0]]), allow_overlap=True)
+    assert np.isfinite(p.forces).all()
+
+
+def test_unsupported_element_of_a_restricted_model(exported, tmp_path):
+    path = tmp_path / "restricted.onnx"
+    proto = onnx.load(exported[1])
+    for prop in proto.metadata_props:
+        if prop.key == "elements":
+            prop.value = "1,6,8"
+    onnx.save(proto, path)
+    with pytest.raises(ValueError, match=r"does not support Si \(Z=14\)"):
+        mtsim.load(path, device="cpu").predict(bulk("Si"))
+
+
+def test_model_file_errors(exported, tmp_path):
+    with pytest.raises(OnnxFileNotFoundError, match="not found"):
+        mtsim.load(tmp_path / "missing.onnx")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(exported[1].read_bytes()[:5000])
+    with pytest.raises(CorruptOnnxError, match="corrupt or truncated"):
+        mtsim.load(truncated)
+    newer = tmp_path / "newer.onnx"
+    proto = onnx.load(exported[1])
+    for prop in proto.metadata_props:
+        if prop.key == "mtsim_format_version":
+            prop.value = "2"
+    onnx.save(proto, newer)
+    with pytest.raises(UnsupportedFormatVersionError, match="newer mtsim"):
+        mtsim.load(newer)
+    foreign = tmp_path / "foreign.onnx"
+    del proto.metadata_props[:]
+    onnx.save(proto, foreign)
+    with pytest.raises(NotMtsimOnnxError, match="not an mtsim ONNX model"):
+        mtsim.load(foreign)
+    assert issubclass(CorruptOnnxError, ModelFileError)
+
+
+def test_precision_is_never_silently_changed(exported, sdk_model):
+    with pytest.raises(ValueError, match="float64 model, but precision='float32'"):
+        mtsim.load(exported[1], precision="float32")
+    from mtsim.graph import build_graph
+
+    inputs = build_graph([bulk("Cu")], 5.0, dtype=np.float32)
+    with pytest.raises(ValueError, match="float32, but this model file is float64"):
+        sdk_model.evaluate(inputs)
+
+
+def test_bundled_model_missing_is_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(mtsim.model, "MODELS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="bundled default model is missing"):
+        mtsim.load()
+
+
+def test_cuda_is_refused_clearly_without_a_gpu():
+    if mtsim.model.cuda_usable():
+        pytest.skip("a CUDA GPU is present")
+    with pytest.raises(RuntimeError, match="usable CUDA GPU is not present"):
+        mtsim.load("whatever.onnx", device="cuda")
+
+
+def test_cli_predict(exported, tmp_path):
+    model, path = exported
+    frames = structures()[:2]
+    ase.io.write(tmp_path / "in.extxyz", frames, format="extxyz")
+    ase.io.write(tmp_path / "POSCAR", frames[0], format="vasp")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["predict", str(tmp_path / "in.extxyz"), str(tmp_path / "POSCAR"), "--model",
+                                 str(path), "--device", "cpu", "--format", "json", "-o", str(tmp_path / "out.json")])
+    assert result.exit_code == 0, result.output
+    assert "O2Zn2 (4 atoms)" in result.output and "CH4 (5 atoms)" in result.output and "GPa" in result.output
+    records = json.loads((tmp_path / "out.json").read_text())
+    reference = model.predict(frames)
+    assert len(records) == 3
+    np.testing.assert_allclose(records[1]["born_charges"], reference[1]["born_charges"], atol=1e-10)
+
+    result = runner.invoke(cli, ["predict", str(tmp_path / "in.extxyz"), "--model", str(path), "--device", "cpu",
+                                 "-o", str(tmp_path / "out.extxyz")])
+    assert result.exit_code == 0, result.output
+    back = ase.io.read(tmp_path / "out.extxyz", index=":")
+    np.testing.assert_allclose(back[0].arrays["born_charges"].reshape(-1, 3, 3), reference[0]["born_charges"],
+                               atol=1e-8)
+
+    (tmp_path / "junk.cif").write_text("this is not a structure file\n")
+    result = runner.invoke(cli, ["predict", str(tmp_path / "junk.cif"), "--model", str(path)])
+    assert result.exit_code != 0 and "cannot read" in result.output
