@@ -36,7 +36,6 @@ from numba.extending import intrinsic
 
 from mtsim.kernels._geometry import bin_grid, validate_cell_pbc_cutoff, validate_positions, working_box
 
-
 #: Fewer threads are used for small structures, at least this many atoms per
 #: thread: starting and synchronising threads would cost more than they save.
 MIN_ATOMS_PER_THREAD = 2048

@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from mtsim.graph import build_graph
-from mtsim.onnx_format import INPUT_NAMES, OUTPUT_NAMES, CorruptOnnxError, OnnxFileNotFoundError, check_mtsim_metadata, session_info
+from mtsim.onnx_format import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    CorruptOnnxError,
+    OnnxFileNotFoundError,
+    check_mtsim_metadata,
+    session_info,
+)
 from mtsim.structure import Structure, as_structure
 
 PROPERTIES = OUTPUT_NAMES

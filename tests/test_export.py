@@ -24,14 +24,25 @@ from onnx import TensorProto  # noqa: E402
 from onnx import helper as oh  # noqa: E402
 
 from mtsim.cli import main  # noqa: E402
-from mtsim.onnx_format import (  # noqa: E402
-    INPUT_NAMES, OUTPUT_NAMES, CorruptOnnxError, NotMtsimOnnxError, OnnxFileNotFoundError, OnnxFormatError,
-    UnsupportedFormatVersionError, check_onnx_file,
-)
 from mtsim.converters.validate import (  # noqa: E402
-    TOLERANCES, onnx_session, output_error, torch_outputs, validate_export, validation_panel,
+    TOLERANCES,
+    onnx_session,
+    output_error,
+    torch_outputs,
+    validate_export,
+    validation_panel,
 )
 from mtsim.graph import build_graph  # noqa: E402
+from mtsim.onnx_format import (  # noqa: E402
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    CorruptOnnxError,
+    NotMtsimOnnxError,
+    OnnxFileNotFoundError,
+    OnnxFormatError,
+    UnsupportedFormatVersionError,
+    check_onnx_file,
+)
 from mtsim.training import build_model, save_checkpoint  # noqa: E402
 from mtsim.training.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_checkpoint  # noqa: E402
 from mtsim.training.exporter import IR_VERSION, OPSET, ExportError, check_graph, export  # noqa: E402

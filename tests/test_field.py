@@ -4,10 +4,10 @@ import csv
 
 import numpy as np
 import pytest
+from analytic import PairModel
 from ase.build import bulk
 from click.testing import CliRunner
 
-from analytic import PairModel
 from mtsim import field, md
 from mtsim.units import E_PER_A2_IN_UC_PER_CM2, MV_PER_CM
 

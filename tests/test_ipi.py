@@ -16,9 +16,9 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+from analytic import PairModel
 from ase.build import bulk
 
-from analytic import PairModel
 from mtsim import ipi
 from mtsim.field import field_forces
 from mtsim.ipi import ConnectionLost, Driver, IPIError, ProtocolError

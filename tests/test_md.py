@@ -3,10 +3,10 @@
 import ase.io
 import numpy as np
 import pytest
+from analytic import PairModel
 from ase.build import bulk
 from click.testing import CliRunner
 
-from analytic import PairModel
 from mtsim import md
 from mtsim.trajectory import LOG_COLUMNS, read_log
 from mtsim.units import GPA, KB

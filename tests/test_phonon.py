@@ -8,12 +8,12 @@ import warnings
 
 import numpy as np
 import pytest
+from analytic import PairModel
 from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
 from click.testing import CliRunner
 
-from analytic import PairModel
 from mtsim.phonon import QHA, Phonons, fit_eos, symmetrize_born, thermal_properties
 from mtsim.phonon.bands import band_path
 from mtsim.phonon.cells import Supercell, shortest_vectors

@@ -3,12 +3,12 @@
 import ase.io
 import numpy as np
 import pytest
+from analytic import PairModel
 from ase import Atoms
 from ase.build import bulk
 from click.testing import CliRunner
 from scipy.optimize import minimize, minimize_scalar
 
-from analytic import PairModel
 from mtsim import Structure
 from mtsim.relax import RelaxResult, relax
 from mtsim.units import GPA

@@ -23,8 +23,15 @@ from mtsim.training.config import ConfigError, TrainConfig, load_config  # noqa:
 from mtsim.training.data import AtomsDataset, collate, extract_labels  # noqa: E402
 from mtsim.training.loss import DEFAULT_WEIGHTS, multitask_loss  # noqa: E402
 from mtsim.training.trainer import (  # noqa: E402
-    HEADS, Trainer, ensemble_uncertainty, fit_normalisation, force_spread, prepare_model, rank_by_uncertainty,
-    train)
+    HEADS,
+    Trainer,
+    ensemble_uncertainty,
+    fit_normalisation,
+    force_spread,
+    prepare_model,
+    rank_by_uncertainty,
+    train,
+)
 
 TINY = dict(num_blocks=1, dim=32, ffn_dim=32, num_heads=4, num_gaussians=16)
 Z_AL = np.diag([1.5, 1.4, 1.6]) + 0.1 * np.eye(3)[[1, 2, 0]]  # made-up Born charge of Al in B2 NiAl (Ni: -Z_AL)

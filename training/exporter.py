@@ -41,8 +41,17 @@ import torch
 from torch import nn
 
 from mtsim.onnx_format import (
-    FORMAT_NAME, FORMAT_VERSION, INPUT_LAYOUT, INPUT_NAMES, INPUT_SHAPES, KEY_FORMAT, KEY_VERSION,
-    OUTPUT_NAMES, OUTPUT_SHAPES, PRECISIONS, UNITS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INPUT_LAYOUT,
+    INPUT_NAMES,
+    INPUT_SHAPES,
+    KEY_FORMAT,
+    KEY_VERSION,
+    OUTPUT_NAMES,
+    OUTPUT_SHAPES,
+    PRECISIONS,
+    UNITS,
 )
 from mtsim.training.checkpoint import checkpoint_hash, load_checkpoint
 from mtsim.training.model import MAX_Z, PROPERTIES, MTModel

@@ -4,22 +4,7 @@ from __future__ import annotations
 
 import click
 
-
-def load_model(model, device, precision=None):
-    """The model the command serves (tests replace this function)."""
-    import mtsim
-
-    return mtsim.load(model, device=device, precision=precision)
-
-
-def read_structure(path):
-    """The last frame of any file ASE can read, as ``ase.Atoms``."""
-    import ase.io
-
-    try:
-        return ase.io.read(path)
-    except Exception as err:  # ASE raises many types for unreadable files
-        raise click.ClickException(f"cannot read {path}: {err}") from None
+from mtsim.cli.common import load_model, read_structure
 
 
 @click.command("ipi")
@@ -49,15 +34,11 @@ def ipi(structure, model_path, device, precision, address, unix, reconnect, time
     ("BEC", as i-PI's eda-nve/eda-nvt read them with <bec mode="driver"/>), dielectric, magmoms and charges.
     """
     from mtsim.ipi import Driver, IPIError
-    from mtsim.onnx_format import ModelFileError
 
     if address is not None and unix is not None:
         raise click.UsageError("give either --address HOST:PORT or --unix NAME, not both")
     atoms = read_structure(structure)
-    try:
-        model = load_model(model_path, device, precision)
-    except (FileNotFoundError, ModelFileError, ValueError, RuntimeError) as err:
-        raise click.ClickException(str(err)) from None
+    model = load_model(model_path, device, precision)
     log = None if quiet else (lambda line: click.echo(line, err=True))
     try:
         driver = Driver(model, atoms, address=address, unix=unix, timeout=timeout, idle_timeout=idle_timeout,

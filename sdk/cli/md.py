@@ -10,26 +10,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from mtsim.cli.common import load_model, read_structure
 from mtsim.units import GPA, MV_PER_CM
 
 FS_PER_PS = 1000.0
-
-
-def load_model(model, device, precision):
-    """The model the commands use (tests replace this function)."""
-    import mtsim
-
-    return mtsim.load(model, device=device, precision=precision)
-
-
-def read_structure(path):
-    """The last frame of any file ASE can read, as ``ase.Atoms``."""
-    import ase.io
-
-    try:
-        return ase.io.read(path)
-    except Exception as err:  # ASE raises many types for unreadable files
-        raise click.ClickException(f"cannot read {path}: {err}") from None
 
 
 def write_structure(path, structure, prediction=None) -> None:

@@ -10,25 +10,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from mtsim.cli.common import load_model, read_structure
+
 SUPERCELL_WIDTH = 10.0
 """Å. Without --supercell, each supercell width (distance between opposite faces) is at least this."""
-
-
-def load_model(path, device, precision):
-    """The model the commands use (tests replace this function)."""
-    import mtsim
-
-    return mtsim.load(path, device=device, precision=precision)
-
-
-def read_structure(path):
-    """The last frame of any file ASE can read, as ``ase.Atoms``."""
-    import ase.io
-
-    try:
-        return ase.io.read(path)
-    except Exception as err:  # ASE raises many types for unreadable files
-        raise click.ClickException(f"cannot read {path}: {err}") from None
 
 
 def default_supercell(cell: np.ndarray) -> tuple[int, int, int]:
@@ -108,7 +93,13 @@ def phonon(structure, model_path, device, precision, supercell, mesh, nac, nac_m
     """Phonons of STRUCTURE: force constants, LO-TO splitting from the model's Z*/eps_inf, bands, DOS, thermal
     properties; writes POSCAR-unitcell, FORCE_CONSTANTS, BORN, band.yaml, phonon.json, band.png, dos.png."""
     from mtsim.phonon import Phonons, symmetrize_born
-    from mtsim.phonon.files import write_band_yaml, write_born, write_force_constants, write_json, write_poscar
+    from mtsim.phonon.files import (
+        write_band_yaml,
+        write_born,
+        write_force_constants,
+        write_json,
+        write_poscar,
+    )
     from mtsim.phonon.plots import plot_bands, plot_dos
 
     model, unitcell = prepare(structure, model_path, device, precision, relax, pressure, fmax)

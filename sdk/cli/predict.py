@@ -7,28 +7,15 @@ import json
 import click
 import numpy as np
 
+from mtsim.cli.common import load_model, read_frames
 from mtsim.units import GPA
-
-
-def load_model(model, device, precision):
-    """The model the command uses (tests replace this function)."""
-    import mtsim
-
-    return mtsim.load(model, device=device, precision=precision)
 
 
 def read_structures(paths):
     """Every frame of every file, as (label, ase.Atoms)."""
-    import ase.io
-
     frames = []
     for path in paths:
-        try:
-            images = ase.io.read(path, index=":")
-        except Exception as err:  # ASE raises many types for unreadable files
-            raise click.ClickException(f"cannot read {path}: {err}") from None
-        if not images:
-            raise click.ClickException(f"{path} holds no structures")
+        images = read_frames(path)
         frames += [(f"{path}[{k}]" if len(images) > 1 else str(path), atoms) for k, atoms in enumerate(images)]
     return frames
 

@@ -67,6 +67,6 @@ def full_force_constants(fc: np.ndarray, supercell: Supercell) -> np.ndarray:
     n_s = fc.shape[1]
     full = np.empty((n_s, n_s, 3, 3))
     rows = supercell.p2s
-    for l, point in enumerate(supercell.points):
-        full[rows[:, None] + l, supercell.translation(point)[None, :]] = fc
+    for image, point in enumerate(supercell.points):
+        full[rows[:, None] + image, supercell.translation(point)[None, :]] = fc
     return full
