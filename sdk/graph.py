@@ -17,13 +17,14 @@ MIN_DISTANCE = 0.1
 """Å. Two atoms closer than this are reported as overlapping."""
 
 
-def build_graph(structures: Sequence, cutoff: float, dtype=np.float64, check_overlap: bool = True
-                ) -> dict[str, np.ndarray]:
+def build_graph(structures: Sequence, cutoff: float, dtype=np.float64, check_overlap: bool = True,
+                neighbors: str = "cpu") -> dict[str, np.ndarray]:
     """Model inputs for a batch of structures (``ase.Atoms`` or ``Structure``).
 
     Returns ``numbers`` int64 [n], ``positions`` [n,3] Å, ``cell`` [b,3,3] Å, ``batch`` int64 [n],
     ``edge_index`` int64 [2,e], ``shifts`` [e,3] (integer cell shifts stored as floats); floats in ``dtype``.
     Raises ``ValueError`` for overlapping atoms (closer than ``MIN_DISTANCE``) unless ``check_overlap`` is False.
+    ``neighbors``: ``"cpu"`` (Numba cell list) or ``"cuda"`` (the CUDA kernel; identical output).
     """
     structures: list[Structure] = [as_structure(s) for s in structures]
     if not structures:
@@ -32,7 +33,12 @@ def build_graph(structures: Sequence, cutoff: float, dtype=np.float64, check_ove
     positions = np.concatenate([s.positions for s in structures])
     cells = np.stack([s.cell for s in structures])
     pbcs = np.stack([s.pbc for s in structures])
-    i, j, shifts = batched_neighbor_list(positions, cells, pbcs, n_atoms, cutoff, self_interaction=True)
+    if neighbors == "cpu":
+        i, j, shifts = batched_neighbor_list(positions, cells, pbcs, n_atoms, cutoff, self_interaction=True)
+    elif neighbors == "cuda":
+        i, j, shifts = _cuda_neighbor_lists(structures, cutoff)
+    else:
+        raise ValueError(f"neighbors must be 'cpu' or 'cuda', got {neighbors!r}")
     batch = np.repeat(np.arange(len(structures), dtype=np.int64), n_atoms)
     if check_overlap:
         check_overlaps(positions, cells, batch, i, j, shifts)
@@ -44,6 +50,17 @@ def build_graph(structures: Sequence, cutoff: float, dtype=np.float64, check_ove
         "edge_index": np.stack([i, j]).astype(np.int64),
         "shifts": shifts.astype(dtype),
     }
+
+
+def _cuda_neighbor_lists(structures: list[Structure], cutoff: float):
+    from mtsim.kernels.cuda import neighbor_list_cuda
+
+    lists, offset = [], 0
+    for s in structures:
+        i, j, shifts = neighbor_list_cuda(s.positions, s.cell, s.pbc, cutoff, self_interaction=True)
+        lists.append((i + offset, j + offset, shifts))
+        offset += len(s)
+    return tuple(np.concatenate(parts) for parts in zip(*lists))
 
 
 def graph_inputs(numbers, positions, cell, i, j, shifts, dtype=np.float64) -> dict[str, np.ndarray]:

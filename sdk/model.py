@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mtsim.graph import build_graph
+from mtsim.kernels import cuda_available
 from mtsim.onnx_format import (
     INPUT_NAMES,
     OUTPUT_NAMES,
@@ -108,15 +110,20 @@ def find_model_file(model: str | os.PathLike | None, precision: str | None) -> P
 class Model:
     """An exported mtsim model on an onnxruntime session.
 
-    ``metadata``: the ONNX metadata dict; ``elements``: supported atomic numbers; ``cutoff`` (Å);
-    ``precision``: ``"float32"`` or ``"float64"``; ``device``: ``"cpu"`` or ``"cuda"``.
+    ``metadata``: the ONNX metadata dict; ``elements``: supported atomic numbers; ``cutoff`` (Å); ``neighbors``:
+    the neighbour-list kernel (``"cuda"`` when the model runs on a GPU and numba-cuda is usable, else ``"cpu"``);
+    ``precision``: ``"float32"`` or ``"float64"``; ``device``: ``"cpu"`` or ``"cuda"``; ``memory_budget``:
+    bytes one evaluation may use (None: 80 % of the memory available at each call).
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                 memory_budget: float | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
+        self.memory_budget = memory_budget
         self.device = resolve_device(device)
+        self.neighbors = "cuda" if self.device == "cuda" and cuda_available() else "cpu"
         providers = (["CUDAExecutionProvider"] if self.device == "cuda" else []) + ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         if threads is not None:
@@ -156,11 +163,25 @@ class Model:
         outputs = self.session.run(list(PROPERTIES), {name: inputs[name] for name in INPUTS})
         return dict(zip(PROPERTIES, outputs))
 
+    def estimate_bytes(self, edges: int) -> float:
+        """Estimated peak memory (bytes) of one evaluation with ``edges`` edges.
+
+        Measured on the CPU for the 1M preset in float32: 56 kB per edge (``BYTES_PER_EDGE_CHANNEL_MODULE`` times
+        the channels, the attention modules (4 per block + 5 heads) and the float size), linear in the edges from
+        200 to 1000 atoms.
+        """
+        config = json.loads(self.metadata.get("model_config", "{}"))
+        modules = 4 * config.get("num_blocks", 2) + 5
+        per_edge = BYTES_PER_EDGE_CHANNEL_MODULE * config.get("dim", 128) * modules * self.dtype.itemsize
+        return per_edge * edges
+
     def predict(self, structures, properties: Sequence[str] | None = None, batch_size: int | None = None,
                 allow_overlap: bool = False) -> Prediction | list[Prediction]:
         """Predict every head for an ``ase.Atoms`` / ``mtsim.Structure`` or a list of them.
 
-        Lists are evaluated in batches of at most ``batch_size`` structures (default: bounded by an atom budget).
+        Lists are evaluated in batches of at most ``batch_size`` structures and ``ATOM_BUDGET`` atoms, split further
+        so that each stays within ``memory_budget`` bytes (default: 80 % of the memory available now). A single
+        structure whose estimate exceeds the budget raises ``MemoryError`` before anything is evaluated.
         ``properties`` is accepted for API symmetry; the graph computes all heads in one pass.
         """
         if properties is not None:
@@ -173,9 +194,23 @@ class Model:
             raise ValueError("no structures given")
         for s in items:
             self.check_elements(s.numbers)
+        budget = self.memory_budget if self.memory_budget is not None else 0.8 * available_memory()
         results: list[Prediction] = []
-        for chunk in _batches(items, batch_size):
-            graph = build_graph(chunk, self.cutoff, dtype=self.dtype, check_overlap=not allow_overlap)
+        pending = list(_batches(items, batch_size))
+        while pending:
+            chunk = pending.pop(0)
+            graph = build_graph(chunk, self.cutoff, dtype=self.dtype, check_overlap=not allow_overlap,
+                                neighbors=self.neighbors)
+            need = self.estimate_bytes(graph["edge_index"].shape[1])
+            if need > budget:
+                if len(chunk) == 1:
+                    raise MemoryError(
+                        f"a structure of {len(chunk[0])} atoms ({graph['edge_index'].shape[1]} edges) needs an "
+                        f"estimated {need / 2**30:.1f} GiB, more than the budget of {budget / 2**30:.1f} GiB"
+                    )
+                half = len(chunk) // 2
+                pending[:0] = [chunk[:half], chunk[half:]]
+                continue
             out = self.evaluate(graph)
             start = 0
             for k, s in enumerate(chunk):
@@ -189,6 +224,20 @@ class Model:
 
 ATOM_BUDGET = 2048
 """Atoms per batch when evaluating lists of structures."""
+BYTES_PER_EDGE_CHANNEL_MODULE = 8.5
+"""Peak memory per edge, channel, attention module and byte of float (onnxruntime CPU, measured)."""
+
+
+def available_memory() -> float:
+    """Bytes of memory available now (``MemAvailable`` of /proc/meminfo; 16 GiB where that is unreadable)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 16.0 * 2**30
 
 
 def _batches(items: list[Structure], batch_size: int | None):

@@ -15,6 +15,7 @@ from ase.calculators.calculator import PropertyNotImplementedError  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 import mtsim  # noqa: E402
+import mtsim.graph  # noqa: E402
 from mtsim.cli import main as cli  # noqa: E402
 from mtsim.onnx_format import (  # noqa: E402
     CorruptOnnxError,
@@ -213,3 +214,35 @@ def test_cli_predict(exported, tmp_path):
     (tmp_path / "junk.cif").write_text("this is not a structure file\n")
     result = runner.invoke(cli, ["predict", str(tmp_path / "junk.cif"), "--model", str(path)])
     assert result.exit_code != 0 and "cannot read" in result.output
+
+
+def test_memory_budget_splits_batches_and_refuses_early(exported):
+    model = mtsim.load(exported[1], device="cpu")
+    items = structures()
+    reference = model.predict(items)
+    largest = max(model.estimate_bytes(len(mtsim.graph.build_graph([s], 5.0)["shifts"])) for s in items)
+    model.memory_budget = 1.01 * largest  # room for each structure alone, not for the whole list
+    split = model.predict(items)
+    for ref, got in zip(reference, split):
+        np.testing.assert_allclose(got.forces, ref.forces, atol=1e-12)
+    model.memory_budget = 0.5 * largest
+    with pytest.raises(MemoryError, match=r"needs an estimated .* GiB, more than the budget"):
+        model.predict(items)
+
+
+def test_graph_from_the_cuda_kernel_equals_the_cpu_graph():
+    """On a GPU the SDK builds the graph with the CUDA kernel; here it runs on Numba's CUDA simulator."""
+    pytest.importorskip("numba.cuda")
+    import subprocess
+    import sys
+
+    code = (
+        "import os; os.environ['NUMBA_ENABLE_CUDASIM'] = '1'\n"
+        "import numpy as np\nfrom ase.build import bulk, molecule\nfrom mtsim.graph import build_graph\n"
+        "items = [bulk('ZnO', 'wurtzite', a=3.25, c=5.21), molecule('CH4'), bulk('Cu', cubic=True)]\n"
+        "cpu, gpu = build_graph(items, 4.0), build_graph(items, 4.0, neighbors='cuda')\n"
+        "assert all(np.array_equal(cpu[k], gpu[k]) for k in cpu)\nprint('equal')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "equal"
