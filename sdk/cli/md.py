@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from mtsim.cli.common import load_model, read_structure
+from mtsim.progress import progress
 from mtsim.units import GPA, MV_PER_CM
 
 FS_PER_PS = 1000.0
@@ -40,11 +41,6 @@ def model_options(function):
                             show_default=True)(function)
     return click.option("--model", "model_path", default=None,
                         help="ONNX model file (default: the bundled model).")(function)
-
-
-def progressbar(length: int, label: str):
-    return click.progressbar(length=length, label=label, file=click.get_text_stream("stderr"), show_eta=True,
-                             show_pos=True)
 
 
 # ================================================================================================ md
@@ -98,7 +94,7 @@ def md(structure, model_path, device, precision, ensemble, temperature, pressure
         sim = Simulation(model, atoms, integrator, temperature=temperature, seed=velocity_seed,
                          field=None if field is None else np.array(field) * MV_PER_CM)
         start = sim.conserved
-        with progressbar(steps, f"md {ensemble}") as bar:
+        with progress(length=steps, label=f"md {ensemble}") as bar:
             sim.run(steps, log=log_path, trajectory=trajectory, interval=interval,
                     hooks=[*hooks, lambda _: bar.update(1)])
     except MDError as err:
@@ -139,7 +135,7 @@ def relax(structure, model_path, device, precision, fmax, cell, pressure, max_st
     atoms = read_structure(structure)
     model = load_model(model_path, device, precision)
     output = output or f"{Path(structure).stem}_relaxed.extxyz"
-    with progressbar(max_steps, "relaxing") as bar:
+    with progress(length=max_steps, label="relaxing") as bar:
         try:
             result = run_relax(model, atoms, fmax=fmax, cell=cell, pressure=pressure, max_steps=max_steps,
                                callback=lambda step, record: bar.update(1) if step else None)
@@ -190,7 +186,7 @@ def hysteresis(structure, model_path, device, precision, field_max, period, cycl
     period_fs = period * FS_PER_PS
     steps_per_cycle = max(int(round(period_fs / timestep)), 1)
     total = int(round(equilibration * FS_PER_PS / timestep)) + cycles * steps_per_cycle
-    with progressbar(total, "hysteresis") as bar:
+    with progress(length=total, label="hysteresis") as bar:
         try:
             result = run_hysteresis(model, atoms, field_max=field_max * MV_PER_CM, period=period_fs, cycles=cycles,
                                     temperature=temperature, axis=axis, timestep=timestep, ensemble=ensemble,

@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from mtsim.cli.common import load_model, read_frames
+from mtsim.progress import progress
 from mtsim.units import GPA
 
 
@@ -45,7 +46,7 @@ def predict(files, model_path, device, precision, fmt, output, allow_overlap):
     frames = read_structures(files)
     model = load_model(model_path, device, precision)
     results = []
-    with click.progressbar(frames, label="predicting", file=click.get_text_stream("stderr"), show_pos=True) as bar:
+    with progress(frames, label="predicting") as bar:
         for label, atoms in bar:
             try:
                 p = model.predict(atoms, allow_overlap=allow_overlap)

@@ -13,10 +13,10 @@ from mtsim.phonon.dynamical import DynamicalMatrix
 from mtsim.phonon.force_constants import full_force_constants, solve_force_constants, symmetrize
 from mtsim.phonon.mesh import DensityOfStates, Mesh, density_of_states, irreducible_qpoints
 from mtsim.phonon.nac import GonzeLee, Wang
-from mtsim.phonon.progress import progress
 from mtsim.phonon.symmetry import space_group
 from mtsim.phonon.thermal import ThermalProperties, thermal_properties
 from mtsim.phonon.velocities import group_velocities
+from mtsim.progress import progress
 from mtsim.structure import Structure, as_structure
 
 NAC_METHODS = {"gonze": GonzeLee, "wang": Wang}

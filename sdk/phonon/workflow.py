@@ -10,8 +10,8 @@ import warnings
 import numpy as np
 
 from mtsim.phonon.phonons import Phonons
-from mtsim.phonon.progress import progress
 from mtsim.phonon.qha import QHA
+from mtsim.progress import progress
 from mtsim.structure import Structure, as_structure
 
 
