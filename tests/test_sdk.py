@@ -246,3 +246,14 @@ def test_graph_from_the_cuda_kernel_equals_the_cpu_graph():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "equal"
+
+
+def test_calculator_drives_ase_optimizer(sdk_model):
+    from ase.optimize import BFGS
+
+    atoms = bulk("MgO", "rocksalt", a=4.21) * (2, 1, 1)
+    atoms.rattle(0.05, seed=2)
+    atoms.calc = mtsim.Calculator(sdk_model)
+    start = atoms.get_potential_energy()
+    BFGS(atoms, logfile=None).run(fmax=1e-3, steps=8)
+    assert atoms.get_potential_energy() < start
