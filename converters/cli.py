@@ -34,7 +34,7 @@ def convert(checkpoint: str, output: str | None, precision: str, validate: bool,
         import torch  # noqa: F401
     except ImportError:
         raise click.ClickException("mtsim convert needs PyTorch: pip install 'mtsim[train]'") from None
-    from mtsim.training.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint
+    from mtsim.training.checkpoint import CheckpointError, file_sha256, load_checkpoint
     from mtsim.training.exporter import ExportError, export
 
     if output is None:
@@ -42,7 +42,7 @@ def convert(checkpoint: str, output: str | None, precision: str, validate: bool,
         output = f"{stem}.{precision}.onnx"
     try:
         model = load_checkpoint(checkpoint)
-        sha256 = checkpoint_hash(checkpoint)
+        sha256 = file_sha256(checkpoint)
     except CheckpointError as err:
         raise _error(err) from None
     click.echo(f"exporting {checkpoint} ({model.config.preset}, {model.num_parameters():,} parameters) "

@@ -44,7 +44,7 @@ from mtsim.onnx_format import (  # noqa: E402
     check_onnx_file,
 )
 from mtsim.training import build_model, save_checkpoint  # noqa: E402
-from mtsim.training.checkpoint import CheckpointError, checkpoint_hash, load_checkpoint, read_checkpoint  # noqa: E402
+from mtsim.training.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_checkpoint  # noqa: E402
 from mtsim.training.exporter import IR_VERSION, OPSET, ExportError, check_graph, export  # noqa: E402
 
 SMALL = dict(num_blocks=1, dim=32, ffn_dim=32, num_heads=4, num_gaussians=16)
@@ -152,7 +152,7 @@ def test_convert_cli(converted, checkpoints):
     for path, precision in ((path64, "float64"), (path32, "float32")):
         info = check_onnx_file(path)
         assert info.precision == precision
-        assert info.metadata["source_checkpoint_sha256"] == checkpoint_hash(checkpoints[precision])
+        assert info.metadata["source_checkpoint_sha256"] == file_sha256(checkpoints[precision])
         assert info.metadata["training_data"] == "unit-test data"
 
 

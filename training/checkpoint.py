@@ -76,8 +76,8 @@ def load_checkpoint(path: str | os.PathLike) -> MTModel:
     return model.eval()
 
 
-def checkpoint_hash(path: str | os.PathLike) -> str:
-    """sha256 of the checkpoint file (recorded in exported ONNX metadata)."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file (checkpoints for the ONNX metadata, data sources for manifests)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

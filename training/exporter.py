@@ -53,7 +53,7 @@ from mtsim.onnx_format import (
     PRECISIONS,
     UNITS,
 )
-from mtsim.training.checkpoint import checkpoint_hash, load_checkpoint
+from mtsim.training.checkpoint import file_sha256, load_checkpoint
 from mtsim.training.model import MAX_Z, PROPERTIES, MTModel
 
 OPSET = 18
@@ -195,7 +195,7 @@ def _resolve(model_or_checkpoint) -> tuple[MTModel, str]:
     if isinstance(model_or_checkpoint, (str, os.PathLike)):
         path = os.fspath(model_or_checkpoint)
         model = load_checkpoint(path)
-        return model, checkpoint_hash(path)
+        return model, file_sha256(path)
     raise TypeError(f"export() takes an MTModel or a checkpoint path, got {type(model_or_checkpoint).__name__}")
 
 

@@ -22,14 +22,6 @@ def structure_id(atoms, decimals: int = 4) -> str:
     return hashlib.sha1(b"|".join(parts)).hexdigest()[:16]
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def list_sha256(items) -> str:
     """Hash of a list of strings (order matters): a short fingerprint of a split."""
     return hashlib.sha256("\n".join(items).encode()).hexdigest()

@@ -42,7 +42,8 @@ import ase
 import ase.io
 import numpy as np
 
-from mtsim.training.builders._io import Progress, file_sha256, list_sha256, structure_id, write_frames, write_manifest
+from mtsim.training.builders._io import Progress, list_sha256, structure_id, write_frames, write_manifest
+from mtsim.training.checkpoint import file_sha256
 
 FIELD_FIRST = "field-first"
 DISPLACEMENT_FIRST = "displacement-first"

@@ -36,7 +36,8 @@ import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from mtsim.training.builders._io import Progress, file_sha256, write_frames, write_manifest
+from mtsim.training.builders._io import Progress, write_frames, write_manifest
+from mtsim.training.checkpoint import file_sha256
 
 TEACHER = "CHGNet 0.3.0"
 MODEL_NAME = "0.3.0"
