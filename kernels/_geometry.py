@@ -199,3 +199,12 @@ def bin_grid(pbc, box, heights, frac_min, frac_max, cutoff: float, n_atoms: int)
         origin.astype(np.float64), bins_per_unit.astype(np.float64), n_bins, reach, shift_min, shift_bits,
         float(search_radius), max(0.0, 2.0 * cutoff - search_radius),
     )  # fmt: skip
+
+
+def decode_image(image_key, shift_min, shift_bits):
+    """Inverse of the image part of the sort key (compiled by both kernels): the image shift ``(s0, s1, s2)``."""
+    s2 = (image_key & ((1 << shift_bits[2]) - 1)) + shift_min[2]
+    image_key >>= shift_bits[2]
+    s1 = (image_key & ((1 << shift_bits[1]) - 1)) + shift_min[1]
+    s0 = (image_key >> shift_bits[1]) + shift_min[0]
+    return s0, s1, s2

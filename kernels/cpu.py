@@ -34,7 +34,13 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from mtsim.kernels._geometry import bin_grid, validate_cell_pbc_cutoff, validate_positions, working_box
+from mtsim.kernels._geometry import (
+    bin_grid,
+    decode_image,
+    validate_cell_pbc_cutoff,
+    validate_positions,
+    working_box,
+)
 
 #: Fewer threads are used for small structures, at least this many atoms per
 #: thread: starting and synchronising threads would cost more than they save.
@@ -154,14 +160,7 @@ def _searched_images(b, cell, pbc, n_bins, reach, shift_min, shift_bits):
     return bins[:m], shifts[:m], image_keys[:m], home[:m]
 
 
-@njit(cache=True)
-def _decode_image(image_key, shift_min, shift_bits):
-    """Inverse of the image part of the sort key: the image shift ``(s0, s1, s2)``."""
-    s2 = (image_key & ((1 << shift_bits[2]) - 1)) + shift_min[2]
-    image_key >>= shift_bits[2]
-    s1 = (image_key & ((1 << shift_bits[1]) - 1)) + shift_min[1]
-    s0 = (image_key >> shift_bits[1]) + shift_min[0]
-    return s0, s1, s2
+_decode_image = njit(cache=True)(decode_image)
 
 
 @njit(cache=True)

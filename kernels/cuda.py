@@ -37,6 +37,7 @@ from numba import cuda
 
 from mtsim.kernels._geometry import (
     bin_grid,
+    decode_image,
     validate_cell_pbc_cutoff,
     validate_positions,
     working_box,
@@ -148,14 +149,7 @@ def _exclusive_scan(values):
     return out
 
 
-@cuda.jit(device=True)
-def _decode_image(image_key, shift_min, shift_bits):
-    """Inverse of the image part of the sort key: the image shift ``(s0, s1, s2)``."""
-    s2 = (image_key & ((1 << shift_bits[2]) - 1)) + shift_min[2]
-    image_key >>= shift_bits[2]
-    s1 = (image_key & ((1 << shift_bits[1]) - 1)) + shift_min[1]
-    s0 = (image_key >> shift_bits[1]) + shift_min[0]
-    return s0, s1, s2
+_decode_image = cuda.jit(device=True)(decode_image)
 
 
 @cuda.jit(device=True)
