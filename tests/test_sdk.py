@@ -132,13 +132,19 @@ def test_overlap_can_be_allowed(sdk_model):
     assert np.isfinite(p.forces).all()
 
 
+def with_metadata(source, path, **changes):
+    """A copy of the ONNX file ``source`` at ``path`` with metadata entries replaced; returns the proto."""
+    proto = onnx.load(source)
+    for prop in proto.metadata_props:
+        if prop.key in changes:
+            prop.value = changes[prop.key]
+    onnx.save(proto, path)
+    return proto
+
+
 def test_unsupported_element_of_a_restricted_model(exported, tmp_path):
     path = tmp_path / "restricted.onnx"
-    proto = onnx.load(exported[1])
-    for prop in proto.metadata_props:
-        if prop.key == "elements":
-            prop.value = "1,6,8"
-    onnx.save(proto, path)
+    with_metadata(exported[1], path, elements="1,6,8")
     with pytest.raises(ValueError, match=r"does not support Si \(Z=14\)"):
         mtsim.load(path, device="cpu").predict(bulk("Si"))
 
@@ -151,11 +157,7 @@ def test_model_file_errors(exported, tmp_path):
     with pytest.raises(CorruptOnnxError, match="corrupt or truncated"):
         mtsim.load(truncated)
     newer = tmp_path / "newer.onnx"
-    proto = onnx.load(exported[1])
-    for prop in proto.metadata_props:
-        if prop.key == "mtsim_format_version":
-            prop.value = "2"
-    onnx.save(proto, newer)
+    proto = with_metadata(exported[1], newer, mtsim_format_version="2")
     with pytest.raises(UnsupportedFormatVersionError, match="newer mtsim"):
         mtsim.load(newer)
     foreign = tmp_path / "foreign.onnx"
