@@ -90,13 +90,18 @@ def _describe_elements(value: str) -> str:
 
 
 @click.command("info")
-@click.argument("model", type=click.Path(path_type=str))
+@click.argument("model", required=False, type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="print everything as one JSON object")
 @click.option("--reader", type=click.Choice(["onnx", "onnxruntime"]), default="onnx", show_default=True,
               help="library that reads the file (falls back to onnxruntime when onnx is not installed)")
-def info(model: str, as_json: bool, reader: str) -> None:
-    """Print metadata, inputs, outputs, opset, node and parameter counts of an mtsim ONNX file."""
+def info(model: str | None, as_json: bool, reader: str) -> None:
+    """Print metadata, inputs, outputs, opset, node and parameter counts of an mtsim ONNX file (default: the
+    bundled model)."""
     try:
+        if model is None:
+            from mtsim.model import find_model_file
+
+            model = str(find_model_file(None, None))
         data = check_mtsim_metadata(read_onnx_file(model, prefer=reader))
     except OnnxFormatError as err:
         raise _error(err) from None

@@ -113,7 +113,8 @@ class Model:
     ``metadata``: the ONNX metadata dict; ``elements``: supported atomic numbers; ``cutoff`` (Å); ``neighbors``:
     the neighbour-list kernel (``"cuda"`` when the model runs on a GPU and numba-cuda is usable, else ``"cpu"``);
     ``precision``: ``"float32"`` or ``"float64"``; ``device``: ``"cpu"`` or ``"cuda"``; ``memory_budget``:
-    bytes one evaluation may use (None: 80 % of the memory available at each call).
+    bytes one evaluation may use (None: 80 % of the memory available at each call); ``untrained_outputs``:
+    outputs whose head was never trained (the graph still returns numbers for them; they are not predictions).
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
@@ -141,6 +142,7 @@ class Model:
         self.precision = info.precision
         self.dtype = np.dtype(self.precision)
         self.elements = info.elements
+        self.untrained_outputs = tuple(json.loads(self.metadata.get("untrained_outputs", "[]")))
 
     def __repr__(self) -> str:
         return (f"mtsim.Model({self.metadata.get('model_name', '?')}, {self.precision}, device={self.device!r}, "

@@ -69,6 +69,10 @@ METADATA_KEYS = {
     "mtsim_version": "version of mtsim that wrote the file",
 }
 REQUIRED_KEYS = tuple(METADATA_KEYS)
+OPTIONAL_KEYS = {
+    "untrained_outputs": "JSON list of outputs whose head was never trained: their values are not predictions "
+                         "(absent: not recorded)",
+}
 
 ONNX_FLOAT = {1: "float32", 11: "float64"}
 ONNX_TYPE_NAMES = {1: "float32", 7: "int64", 11: "float64", 6: "int32", 9: "bool", 10: "float16"}

@@ -217,6 +217,13 @@ def test_overlap_filter():
                                                     pbc=True))
 
 
+def test_density_filter_rejects_metallic_hydrogen():
+    from ase.build import bulk
+    assert not structures.density_ok(bulk("H", "fcc", a=0.9))  # H at covalent contact: ~3000 neighbours in 5 Å
+    assert structures.density_ok(bulk("Si", "diamond", a=5.43))  # 28 within 5 Å
+    assert "H" not in structures.ELEMENTS and "Si" in structures.ELEMENTS
+
+
 def test_phonondb_bases_use_only_the_train_split(tmp_path):
     _fake_dfpt_file(tmp_path / "x.xyz", num=30, duplicate=False)
     manifest = dfpt.build(tmp_path / "x.xyz", tmp_path / "dfpt", seed=0, quiet=True)
@@ -279,8 +286,13 @@ def _strained_silicon():
 
 def test_teacher_labels_match_chgnet_calculator_and_energy_derivative(chgnet_model, tmp_path):
     atoms = _strained_silicon()
+    born = np.random.default_rng(1).normal(size=(len(atoms), 9))
+    atoms.arrays["born_charges"] = born  # DFPT labels of the input survive teacher labelling
+    atoms.info["dielectric"] = np.arange(9.0)
     (labelled,) = teacher.label([atoms], chgnet_model)
     assert labelled.info["label_source"] == teacher.PROVENANCE
+    np.testing.assert_array_equal(labelled.arrays["born_charges"], born)
+    np.testing.assert_array_equal(labelled.info["dielectric"], np.arange(9.0))
     stress = labelled.get_stress(voigt=False)
     # CHGNet's own ASE calculator
     reference = atoms.copy()
@@ -307,4 +319,4 @@ def test_teacher_labels_match_chgnet_calculator_and_energy_derivative(chgnet_mod
     ase.io.write(tmp_path / "l.extxyz", [labelled], format="extxyz")
     sample = AtomsDataset.from_files([tmp_path / "l.extxyz"], cutoff=5.0)[0]
     np.testing.assert_allclose(sample.labels["stress"], stress, atol=1e-8)
-    assert set(sample.labels) == {"energy", "forces", "stress", "magmoms"}
+    assert set(sample.labels) == {"energy", "forces", "stress", "magmoms", "born_charges", "dielectric"}

@@ -83,7 +83,7 @@ def test_calculator_drives_ase_velocity_verlet(sdk_model):
     from ase.units import fs
 
     atoms = bulk("MgO", "rocksalt", a=4.21) * (2, 2, 2)
-    atoms.calc = mtsim.Calculator(sdk_model)
+    atoms.calc = mtsim.Calculator(sdk_model, include_untrained=True)  # a fresh model: every head untrained
     atoms.set_momenta(np.random.default_rng(0).normal(0, 0.05, (len(atoms), 3)))
     start = atoms.get_total_energy()
     VelocityVerlet(atoms, timestep=0.5 * fs).run(20)
@@ -142,6 +142,24 @@ def with_metadata(source, path, **changes):
     return proto
 
 
+def test_untrained_outputs_are_marked_and_not_calculator_results(exported, tmp_path):
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    fresh = mtsim.load(exported[1], device="cpu")
+    assert "energy" in fresh.untrained_outputs and "charges" in fresh.untrained_outputs
+    path = tmp_path / "no-charges.onnx"
+    with_metadata(exported[1], path, untrained_outputs='["charges"]')
+    model = mtsim.load(path, device="cpu")
+    assert model.untrained_outputs == ("charges",)
+    atoms = bulk("MgO", "rocksalt", a=4.21)
+    atoms.calc = mtsim.Calculator(model)
+    assert np.isfinite(atoms.get_forces()).all() and atoms.calc.get_property("born_charges", atoms).shape == (2, 3, 3)
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_charges()
+    atoms.calc = mtsim.Calculator(model, include_untrained=True)
+    assert atoms.get_charges().shape == (2,)
+
+
 def test_unsupported_element_of_a_restricted_model(exported, tmp_path):
     path = tmp_path / "restricted.onnx"
     with_metadata(exported[1], path, elements="1,6,8")
@@ -198,7 +216,8 @@ def test_cli_predict(exported, tmp_path):
     ase.io.write(tmp_path / "POSCAR", frames[0], format="vasp")
     runner = CliRunner()
     result = runner.invoke(cli, ["predict", str(tmp_path / "in.extxyz"), str(tmp_path / "POSCAR"), "--model",
-                                 str(path), "--device", "cpu", "--format", "json", "-o", str(tmp_path / "out.json")])
+                                 str(path), "--device", "cpu", "--format", "json", "-o", str(tmp_path / "out.json"),
+                                 "--include-untrained"])
     assert result.exit_code == 0, result.output
     assert "O2Zn2 (4 atoms)" in result.output and "CH4 (5 atoms)" in result.output and "GPa" in result.output
     records = json.loads((tmp_path / "out.json").read_text())
@@ -207,11 +226,19 @@ def test_cli_predict(exported, tmp_path):
     np.testing.assert_allclose(records[1]["born_charges"], reference[1]["born_charges"], atol=1e-10)
 
     result = runner.invoke(cli, ["predict", str(tmp_path / "in.extxyz"), "--model", str(path), "--device", "cpu",
-                                 "-o", str(tmp_path / "out.extxyz")])
+                                 "-o", str(tmp_path / "out.extxyz"), "--include-untrained"])
     assert result.exit_code == 0, result.output
     back = ase.io.read(tmp_path / "out.extxyz", index=":")
     np.testing.assert_allclose(back[0].arrays["born_charges"].reshape(-1, 3, 3), reference[0]["born_charges"],
                                atol=1e-8)
+
+    partly = tmp_path / "partly.onnx"  # a model whose charges head is untrained: charges are left out
+    with_metadata(path, partly, untrained_outputs='["charges"]')
+    result = runner.invoke(cli, ["predict", str(tmp_path / "in.extxyz"), "--model", str(partly), "--device", "cpu",
+                                 "-o", str(tmp_path / "partly.extxyz")])
+    assert result.exit_code == 0 and "left out charges" in result.output, result.output
+    back = ase.io.read(tmp_path / "partly.extxyz", index=0)
+    assert "charges" not in back.arrays and "born_charges" in back.arrays
 
     (tmp_path / "junk.cif").write_text("this is not a structure file\n")
     result = runner.invoke(cli, ["predict", str(tmp_path / "junk.cif"), "--model", str(path)])
@@ -255,7 +282,7 @@ def test_calculator_drives_ase_optimizer(sdk_model):
 
     atoms = bulk("MgO", "rocksalt", a=4.21) * (2, 1, 1)
     atoms.rattle(0.05, seed=2)
-    atoms.calc = mtsim.Calculator(sdk_model)
+    atoms.calc = mtsim.Calculator(sdk_model, include_untrained=True)
     start = atoms.get_potential_energy()
     BFGS(atoms, logfile=None).run(fmax=1e-3, steps=8)
     assert atoms.get_potential_energy() < start

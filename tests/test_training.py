@@ -22,6 +22,7 @@ from mtsim.training import build_model, load_checkpoint, save_checkpoint  # noqa
 from mtsim.training.config import ConfigError, TrainConfig, load_config  # noqa: E402
 from mtsim.training.data import AtomsDataset, collate, extract_labels  # noqa: E402
 from mtsim.training.loss import DEFAULT_WEIGHTS, multitask_loss  # noqa: E402
+from mtsim.training.model import PROPERTIES  # noqa: E402
 from mtsim.training.trainer import (  # noqa: E402
     HEADS,
     Trainer,
@@ -269,6 +270,34 @@ def test_finetuning_freezes_the_backbone_and_reinitialises_heads(tmp_path, data_
     assert load_checkpoint(trainer.last_path).metadata["finetuned_from"].endswith("pretrained.pt")
 
 
+def test_provenance_names_untrained_heads_and_data(tmp_path, data_file, dataset):
+    from mtsim.training.checkpoint import file_sha256
+    from mtsim.training.exporter import export_metadata
+
+    config = make_config(data_file, tmp_path / "run", loss={"charges": 0.0, "magmoms": 0.0})
+    config.model_name, config.training_data = "test-model", "EMT labels"
+    model = prepare_model(config, dataset)
+    # the data carry no charges and magmoms have weight 0: those heads stay untrained
+    assert model.metadata["untrained_heads"] == ["charges", "magmoms"]
+    assert model.metadata["training_data"]["files"] == [{"file": "train.extxyz", "sha256": file_sha256(data_file)}]
+    meta = export_metadata(model, "float32")
+    assert json.loads(meta["untrained_outputs"]) == ["magmoms", "charges"]
+    assert meta["model_name"] == "test-model" and "EMT labels" in meta["training_data"]
+    # fine-tuning with the energy head re-initialised but no energy-type loss: energy is untrained again, magmoms
+    # now trains, born_charges (weight 0) stays as the base model had it (trained)
+    save_checkpoint(model, tmp_path / "base.pt")
+    tuned = make_config(data_file, tmp_path / "tuned", model={"dtype": "float64"},
+                        finetune={"checkpoint": str(tmp_path / "base.pt"), "reinit_heads": ["energy"]},
+                        loss={"born_charges": 0.0, "energy": 0.0, "forces": 0.0, "stress": 0.0})
+    tuned_model = prepare_model(tuned, dataset)
+    assert tuned_model.metadata["untrained_heads"] == ["charges", "energy"]
+    assert tuned_model.metadata["training_data"]["base"]["description"] == "EMT labels"
+    assert json.loads(export_metadata(tuned_model, "float32")["untrained_outputs"]) == [
+        "energy", "forces", "stress", "charges"]
+    # a fresh model marks everything untrained
+    assert json.loads(export_metadata(tiny_model(), "float32")["untrained_outputs"]) == list(PROPERTIES)
+
+
 # ------------------------------------------------------------------------------------------------- config
 def test_config_validation_names_the_offending_key(tmp_path):
     base = {"data": {"train": ["a.extxyz"]}}
@@ -306,10 +335,11 @@ def test_config_validation_names_the_offending_key(tmp_path):
         load_config(path)
 
 
-def test_example_config_is_valid():
+@pytest.mark.parametrize("name", ["train_tiny.yaml", "default_model/train.yaml"])
+def test_example_configs_are_valid(name):
     from pathlib import Path
 
-    config = load_config(Path(__file__).parents[1] / "examples" / "train_tiny.yaml")
+    config = load_config(Path(__file__).parents[1] / "examples" / name)
     assert config.model.preset == "1M"
 
 

@@ -129,6 +129,11 @@ class TrainConfig:
     """Number of independently initialised members (seeds ``seed``, ``seed + 1``, ...), for eq. (22)."""
     normalise: bool = True
     """Fit the reference energies and output scales of every freshly initialised head to the training set."""
+    model_name: str | None = None
+    """Name written into checkpoints and ONNX metadata (default ``mtsim-<preset>``)."""
+    training_data: str | None = None
+    """Provenance of the labels in words (e.g. the teacher model and the DFT level); recorded with the sha256 of
+    every data file in the checkpoint and the ONNX metadata."""
     model: ModelSection = field(default_factory=ModelSection)
     loss: LossSection = field(default_factory=LossSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)

@@ -199,6 +199,18 @@ def _resolve(model_or_checkpoint) -> tuple[MTModel, str]:
     raise TypeError(f"export() takes an MTModel or a checkpoint path, got {type(model_or_checkpoint).__name__}")
 
 
+def untrained_outputs(meta: dict) -> list[str]:
+    """Outputs whose head no training touched: the outputs of the model's ``untrained_heads`` (recorded by the
+    trainer; the energy head gives energy, forces and stress), and every output when the model does not record
+    them (a fresh model, or one trained elsewhere: set ``model.metadata["untrained_heads"] = []`` there)."""
+    if "untrained_heads" not in meta:
+        return list(OUTPUT_NAMES)
+    heads = set(meta["untrained_heads"])
+    if "energy" in heads:
+        heads |= {"forces", "stress"}
+    return [name for name in OUTPUT_NAMES if name in heads]
+
+
 def export_metadata(model: MTModel, precision: str, checkpoint_sha256: str = "none") -> dict[str, str]:
     """The ``metadata_props`` of an export of ``model`` (all values strings)."""
     import mtsim
@@ -219,6 +231,7 @@ def export_metadata(model: MTModel, precision: str, checkpoint_sha256: str = "no
         "units": json.dumps(UNITS, ensure_ascii=False),
         "parameter_count": str(model.num_parameters()),
         "training_data": provenance if isinstance(provenance, str) else json.dumps(provenance, sort_keys=True),
+        "untrained_outputs": json.dumps(untrained_outputs(meta)),
         "source_checkpoint_sha256": checkpoint_sha256,
         "mtsim_version": getattr(mtsim, "__version__", "unknown"),
     }

@@ -28,7 +28,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from mtsim.training.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from mtsim.training.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_checkpoint, save_checkpoint
 from mtsim.training.config import TrainConfig
 from mtsim.training.data import AtomsDataset, Batch, batch_order, collate, split
 from mtsim.training.loss import UNITS, absolute_errors, multitask_loss
@@ -37,6 +37,9 @@ from mtsim.training.model import MAX_Z, PRESETS, ModelConfig, MTModel, build_mod
 HEADS = {"energy": "energy_head", "magmoms": "magmom_head", "charges": "charge_head",
          "born_charges": "born_head", "dielectric": "dielectric_head"}
 """Task -> output head of the model (forces and stress are derivatives of the energy head)."""
+HEAD_LABELS = {"energy": ("energy", "forces", "stress"), "magmoms": ("magmoms",), "charges": ("charges",),
+               "born_charges": ("born_charges",), "dielectric": ("dielectric",)}
+"""Head -> the labels that train it."""
 
 Log = Callable[[str], None]
 
@@ -115,7 +118,25 @@ def prepare_model(config: TrainConfig, train_set: AtomsDataset) -> MTModel:
     if config.normalise:
         fitted = fit_normalisation(model, train_set, fresh_heads)
         model.metadata["normalisation"] = {**model.metadata.get("normalisation", {}), **fitted}
+    record_provenance(model, config, train_set, fresh_heads)
     return model
+
+
+def record_provenance(model: MTModel, config: TrainConfig, train_set: AtomsDataset, fresh_heads) -> None:
+    """Write into ``model.metadata`` what a user of the exported file must know: its name, the training data
+    (description + sha256 of every file) and ``untrained_heads``: heads that no label with a positive loss
+    weight trains in this run and that were untrained (or re-initialised) before it."""
+    counts, weights = train_set.label_counts(), vars(config.loss)
+    trained = {head for head, labels in HEAD_LABELS.items()
+               if any(counts.get(label, 0) > 0 and weights[label] > 0 for label in labels)}
+    before = set(HEADS) if config.finetune.checkpoint is None else set(model.metadata.get("untrained_heads", []))
+    model.metadata["untrained_heads"] = sorted((before | set(fresh_heads)) - trained)
+    if config.model_name is not None:
+        model.metadata["model_name"] = config.model_name
+    files = [{"file": os.path.basename(path), "sha256": file_sha256(path)} for path in dict.fromkeys(config.data.train)]
+    base = model.metadata.get("training_data") if config.finetune.checkpoint is not None else None
+    model.metadata["training_data"] = {"description": config.training_data or "not described",
+                                       "files": files, "labels": counts, **({"base": base} if base else {})}
 
 
 def model_cutoff(config: TrainConfig) -> float:

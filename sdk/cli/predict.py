@@ -21,15 +21,20 @@ def read_structures(paths):
     return frames
 
 
-def summary(label, atoms, p) -> str:
-    """One readable line per structure."""
-    pressure = f"{-np.trace(p.stress) / 3 / GPA:9.3f} GPa" if atoms.cell.rank == 3 else "      n/a    "
-    fmax = np.linalg.norm(p.forces, axis=1).max()
-    mean_z = np.abs(np.diagonal(p.born_charges, axis1=1, axis2=2)).mean()
-    eps = " ".join(f"{v:.3f}" for v in np.diag(p.dielectric))
-    return (f"{label}: {atoms.get_chemical_formula()} ({len(atoms)} atoms)  E = {p.energy:.6f} eV "
-            f"({p.energy / len(atoms):.6f} eV/atom)  P = {pressure}  max|F| = {fmax:.4f} eV/Å  "
-            f"mean|Z*_aa| = {mean_z:.3f} e  eps_inf diag = [{eps}]")
+def summary(label, atoms, p, skip=()) -> str:
+    """One readable line per structure (outputs in ``skip`` left out)."""
+    parts = [f"{label}: {atoms.get_chemical_formula()} ({len(atoms)} atoms)"]
+    if "energy" not in skip:
+        parts.append(f"E = {p.energy:.6f} eV ({p.energy / len(atoms):.6f} eV/atom)")
+    if "stress" not in skip:
+        parts.append(f"P = {-np.trace(p.stress) / 3 / GPA:.3f} GPa" if atoms.cell.rank == 3 else "P = n/a")
+    if "forces" not in skip:
+        parts.append(f"max|F| = {np.linalg.norm(p.forces, axis=1).max():.4f} eV/Å")
+    if "born_charges" not in skip:
+        parts.append(f"mean|Z*_aa| = {np.abs(np.diagonal(p.born_charges, axis1=1, axis2=2)).mean():.3f} e")
+    if "dielectric" not in skip:
+        parts.append("eps_inf diag = [" + " ".join(f"{v:.3f}" for v in np.diag(p.dielectric)) + "]")
+    return "  ".join(parts)
 
 
 @click.command()
@@ -41,10 +46,15 @@ def summary(label, atoms, p) -> str:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write all heads of every structure here.")
 @click.option("--allow-overlap", is_flag=True, help="Do not reject atoms closer than 0.1 Å.")
-def predict(files, model_path, device, precision, fmt, output, allow_overlap):
+@click.option("--include-untrained", is_flag=True,
+              help="Also report outputs whose head the model marks untrained (they are not predictions).")
+def predict(files, model_path, device, precision, fmt, output, allow_overlap, include_untrained):
     """Predict energy, forces, stress, magmoms, charges, Born charges and eps_inf for FILES (any ASE format)."""
     frames = read_structures(files)
     model = load_model(model_path, device, precision)
+    skip = () if include_untrained else tuple(model.untrained_outputs)
+    if skip:
+        click.echo(f"note: left out {', '.join(skip)}: untrained in this model (--include-untrained shows them)")
     results = []
     with progress(frames, label="predicting") as bar:
         for label, atoms in bar:
@@ -54,18 +64,20 @@ def predict(files, model_path, device, precision, fmt, output, allow_overlap):
                 raise click.ClickException(f"{label}: {err}") from None
             results.append((label, atoms, p))
     for label, atoms, p in results:
-        click.echo(summary(label, atoms, p))
+        click.echo(summary(label, atoms, p, skip))
     if output:
-        write_predictions(output, fmt, results)
+        write_predictions(output, fmt, results, skip)
         click.echo(f"wrote {len(results)} structure(s) to {output}")
 
 
-def write_predictions(path, fmt, results) -> None:
+def write_predictions(path, fmt, results, skip=()) -> None:
     """``json``: a list of objects (label, formula, every head as nested lists); ``extxyz``: one frame per
-    structure with per-atom heads as arrays and per-structure heads in the info line."""
+    structure with per-atom heads as arrays and per-structure heads in the info line. Outputs in ``skip`` are
+    left out."""
     if fmt == "json":
         records = [{"label": label, "formula": atoms.get_chemical_formula(),
-                    **{k: np.asarray(v).tolist() for k, v in p.as_dict().items()}} for label, atoms, p in results]
+                    **{k: np.asarray(v).tolist() for k, v in p.as_dict().items() if k not in skip}}
+                   for label, atoms, p in results]
         with open(path, "w") as handle:
             json.dump(records, handle, indent=1)
         return
@@ -75,9 +87,11 @@ def write_predictions(path, fmt, results) -> None:
     for _, atoms, p in results:
         atoms = atoms.copy()
         atoms.calc = None
-        atoms.info.update(energy=p.energy, stress=np.asarray(p.stress).reshape(9),
-                          dielectric=np.asarray(p.dielectric).reshape(9))
-        atoms.arrays.update(forces=p.forces, magmoms=p.magmoms, charges=p.charges,
-                            born_charges=p.born_charges.reshape(len(atoms), 9))
+        per_structure = dict(energy=p.energy, stress=np.asarray(p.stress).reshape(9),
+                             dielectric=np.asarray(p.dielectric).reshape(9))
+        per_atom = dict(forces=p.forces, magmoms=p.magmoms, charges=p.charges,
+                        born_charges=p.born_charges.reshape(len(atoms), 9))
+        atoms.info.update({k: v for k, v in per_structure.items() if k not in skip})
+        atoms.arrays.update({k: v for k, v in per_atom.items() if k not in skip})
         frames.append(atoms)
     ase.io.write(path, frames, format="extxyz")

@@ -4,7 +4,8 @@ Base structures (``base_structures``):
 
 - the phonondb crystals (``--phonondb``: the DFPT file or its folder; with ``--dfpt-manifest``, only the crystals of
   the DFPT *train* split, so that the val/test crystals of the Born-charge task stay unseen);
-- element prototypes across the periodic table (``ELEMENTS``: Z = 1-83 without the noble gases) in fcc, bcc, hcp,
+- element prototypes across the periodic table (``ELEMENTS``: Z = 1-83 without the noble gases and without the
+  molecular elements H, N, O, F, Cl, whose close-packed prototypes at covalent contact are absurdly dense) in fcc, bcc, hcp,
   diamond and simple cubic;
 - binaries AB in rocksalt, CsCl, zincblende, wurtzite and AB2 in fluorite, the pairs drawn with the seed (cation from
   the metals, anion from ``ANIONS``).
@@ -24,8 +25,9 @@ Each sample (``sample``) takes one base structure, repeated to at least ``min_at
 - ``md`` (only with a teacher calculator, ``md_steps > 0``): Langevin MD with the teacher at T uniform in
   300-3000 K for ``md_steps`` steps of 1 fs from the base structure, last frame kept.
 
-A sample whose shortest interatomic distance is below ``max(0.5 Å, 0.5 (r_i + r_j))`` is drawn again (up to 20
-times, then skipped). Deterministic: sample k uses ``numpy.random.default_rng([seed, k])``. The applied strain,
+A sample whose shortest interatomic distance is below ``max(0.5 Å, 0.5 (r_i + r_j))``, or with more than
+``MAX_NEIGHBOURS`` neighbours per atom within ``DENSITY_CUTOFF`` (dense solids have ~40-100 within 5 Å), is drawn
+again (up to 20 times, then skipped). Deterministic: sample k uses ``numpy.random.default_rng([seed, k])``. The applied strain,
 the rattle amplitude, the volume ratio, the base name and the base's ``structure_id`` go into ``atoms.info``.
 """
 
@@ -47,7 +49,9 @@ from ase.neighborlist import neighbor_list
 from mtsim.training.builders._io import Progress, structure_id, write_frames, write_manifest
 
 NOBLE_GASES = {2, 10, 18, 36, 54, 86}
-ELEMENTS = tuple(chemical_symbols[z] for z in range(1, 84) if z not in NOBLE_GASES)
+MOLECULAR = {"H", "N", "O", "F", "Cl"}
+ELEMENTS = tuple(chemical_symbols[z] for z in range(1, 84)
+                 if z not in NOBLE_GASES and chemical_symbols[z] not in MOLECULAR)
 ANIONS = ("B", "C", "N", "O", "F", "P", "S", "Cl", "As", "Se", "Br", "Sb", "Te", "I", "H")
 NONMETALS = {"H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "As", "Se", "Br", "Te", "I", "At", "Ge", "Sb"}
 ELEMENT_LATTICES = ("fcc", "bcc", "hcp", "diamond", "sc")
@@ -60,6 +64,8 @@ STRAIN_RANGE = 0.2
 VOLUME_RANGE = (0.7, 0.9)
 RATTLE_RANGE = (0.02, 0.15)
 MIN_DISTANCE = 0.5
+MAX_NEIGHBOURS = 150
+DENSITY_CUTOFF = 5.0
 
 
 def radius(symbol: str) -> float:
@@ -156,6 +162,11 @@ def min_distance_ok(atoms: ase.Atoms, min_distance: float = MIN_DISTANCE, radius
     limit = np.maximum(min_distance, radius_fraction * (covalent_radii[atoms.numbers[i]]
                                                          + covalent_radii[atoms.numbers[j]]))
     return bool((d >= limit).all())
+
+
+def density_ok(atoms: ase.Atoms, max_neighbours: float = MAX_NEIGHBOURS, cutoff: float = DENSITY_CUTOFF) -> bool:
+    """At most ``max_neighbours`` neighbours per atom (on average) within ``cutoff`` Å."""
+    return len(neighbor_list("i", atoms, cutoff)) <= max_neighbours * len(atoms)
 
 
 def random_strain(rng: np.random.Generator, limit: float = STRAIN_RANGE) -> np.ndarray:
@@ -262,7 +273,7 @@ def generate(bases: Sequence[ase.Atoms], num_samples: int, seed: int = 0, weight
         kind = kinds[int(rng.choice(len(kinds), p=prob))]
         for _ in range(max_tries):
             atoms = sample(base, kind, rng, min_atoms, calculator, md_steps)
-            if min_distance_ok(atoms):
+            if min_distance_ok(atoms) and density_ok(atoms):
                 atoms.info["sample"] = k
                 atoms.info["seed"] = seed
                 frames.append(atoms)

@@ -143,7 +143,8 @@ def _plain(atoms: ase.Atoms) -> ase.Atoms:
 
 
 def label(frames: Sequence[ase.Atoms], model=None, batch_size: int = 16, quiet: bool = True) -> list[ase.Atoms]:
-    """Copies of ``frames`` (structure and ``info`` kept, old labels dropped) that CHGNet could label, with a
+    """Copies of ``frames`` (structure, ``info`` and per-atom arrays such as Born charges kept, old energy/forces/
+    stress/magmoms labels dropped) that CHGNet could label, with a
     ``SinglePointCalculator`` holding energy, forces, stress (Voigt, eV/Å^3, ASE sign) and magmoms, and
     ``info["label_source"] = PROVENANCE``."""
     labelled = []
@@ -152,6 +153,9 @@ def label(frames: Sequence[ase.Atoms], model=None, batch_size: int = 16, quiet: 
             continue
         out = _plain(atoms)
         out.info = {key: value for key, value in atoms.info.items() if key not in LABELS}
+        for key, value in atoms.arrays.items():
+            if key not in ("numbers", "positions") and key not in LABELS:
+                out.arrays[key] = value.copy()
         out.info["label_source"] = PROVENANCE
         out.info["teacher"] = TEACHER
         out.calc = SinglePointCalculator(out, energy=labels["energy"], forces=labels["forces"],

@@ -1,0 +1,305 @@
+"""Accuracy report of an mtsim model: distillation, DFPT test split, 3C-SiC LO-TO and BaTiO3 polarization.
+
+    python bench/accuracy.py --data DIR [--model FILE.onnx] [--quick] [--json OUT.json]
+
+``DIR`` is the output folder of examples/default_model/build_data.sh; only ``lab_heldout.extxyz`` and
+``dfpt/test.extxyz`` are read. ``--model`` defaults to the bundled model. Sections:
+
+1. Distillation vs the CHGNet teacher on ``lab_heldout.extxyz``: MAE of energy (meV/atom), forces (eV/Å, per
+   component), stress (GPa, per component of the 3x3 tensor) and magmoms (μB), beside a trivial baseline
+   (energy: the set's mean energy per atom, the paper's "dummy predictor"; forces and stress: zero; magmoms: the
+   set's mean moment).
+2. DFPT test split: Z* MAE (e, all 9 components of every atom) and eps_inf MAE (9 components per structure),
+   beside the baseline Z* = 0, eps_inf = identity.
+3. 3C-SiC: FIRE cell relaxation -> a (Å); Z*_Si,xx (e) and eps_inf,xx there; phonons (4x4x4 supercell of the
+   primitive cell, 2x2x2 with --quick) with the NAC from the model's own Z* and eps_inf -> TO, LO at Gamma
+   (approached along Cartesian x) and the LO-TO splitting (THz), beside experiment and the paper's Table S7.
+4. BaTiO3: cubic perovskite (a = 4.0 Å, 3x3x3 = 135 atoms, 2x2x2 with --quick), Ti moved +0.1 Å along z, NVT
+   (Nosé-Hoover, 300 K, 2 fs) without field; P from the Born-charge path integral (mtsim.md/mtsim.field), taken
+   relative to the centrosymmetric cubic cell -> mean |P_z| over the second half (μC/cm²). Then one P-E cycle
+   with mtsim.field.hysteresis (paper's amplitude 4 MV/cm, shorter period) -> remanent P and coercive field.
+
+Every number is also written to ``--json``. The charges head is not reported. Runtime on 2 CPU cores with the
+1M preset: a few minutes with --quick; the full BaTiO3 section is hours at ~1-2 s per 135-atom step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, units
+from ase.build import bulk
+from ase.io import read
+
+import mtsim
+from mtsim import field
+from mtsim.field import PolarizationTracker
+from mtsim.md import MDError
+from mtsim.md import run as run_md
+from mtsim.phonon import Phonons
+from mtsim.relax import relax
+from mtsim.units import E_PER_A2_IN_UC_PER_CM2, MV_PER_CM
+
+SETTINGS = {
+    "full": {"phonon_supercell": (4, 4, 4), "bto_supercell": (3, 3, 3), "md_fs": 3000.0, "period_fs": 5000.0},
+    "quick": {"phonon_supercell": (2, 2, 2), "bto_supercell": (2, 2, 2), "md_fs": 300.0, "period_fs": 200.0},
+}
+"""Per mode: phonon and BaTiO3 supercells, field-free MD length and hysteresis period (fs; the paper: 200 ps)."""
+TIMESTEP = 2.0
+"""fs, MD time step (the paper's BaTiO3 runs)."""
+TEMPERATURE = 300.0
+"""K."""
+FIELD_MAX = 4 * MV_PER_CM
+"""V/Å, hysteresis amplitude: the paper's E_max = 4 MV/cm."""
+BATCH = 32
+"""Structures per model call in sections 1-2 (keeps memory small)."""
+
+TARGETS = {"energy": 30.0, "forces": 0.15, "stress": 1.0, "born_charges": 0.15, "dielectric": 0.5}
+"""Upper bounds on the MAEs: meV/atom, eV/Å, GPa, e, dimensionless."""
+PAPER_DFPT = {"born_charges": 0.076, "dielectric": 0.25}
+"""Paper (main text): "0.076 e for Born effective charges, and 0.25 for dielectric tensor elements"."""
+SIC_EXPERIMENT = {"a": 4.360, "z_si": 2.70, "eps": 6.52, "to": 23.87, "lo": 29.16, "lo_to": 5.29}
+"""3C-SiC experiment as listed in the paper's Table S7 (Å, e, -, THz, THz, THz)."""
+SIC_PAPER = {"a": 4.377, "z_si": 2.71, "eps": 7.31, "to": 23.28, "lo": 28.54, "lo_to": 5.26}
+"""MatterSim-MT's own 3C-SiC values, paper Table S7."""
+BTO_PAPER_PS = 38.0
+"""μC/cm², the paper: "the spontaneous polarization of 38 μC/cm² predicted at 300 K" (experiment: 26)."""
+
+
+# ============================================================================================ output
+def table(header: list[str], rows: list[list]) -> None:
+    """Print ``rows`` under ``header`` in aligned columns (floats with 4 significant digits)."""
+    def cell(value):
+        if isinstance(value, float):
+            return "n/a" if math.isnan(value) else f"{value:.4g}"
+        return str(value)
+
+    text = [[cell(v) for v in row] for row in [header, *rows]]
+    widths = [max(len(row[k]) for row in text) for k in range(len(header))]
+    for row in text:
+        print("  ".join(v.ljust(w) if k == 0 else v.rjust(w) for k, (v, w) in enumerate(zip(row, widths))))
+
+
+def verdict(value: float, target: float | None) -> str:
+    if target is None:
+        return "-"
+    return "PASS" if value <= target else "FAIL"
+
+
+def jsonable(value):
+    """Floats, lists and dicts as JSON accepts them (NaN -> null)."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ============================================================================================ 1. distillation
+def distillation(model, path: Path) -> dict:
+    """MAEs vs the teacher's labels: energy meV/atom, forces eV/Å, stress GPa, magmoms μB; model and baseline."""
+    frames = read(path, ":")
+    predictions = model.predict(frames, batch_size=BATCH)
+    n_atoms = np.array([len(a) for a in frames])
+    e_ref = np.array([a.get_potential_energy() for a in frames]) / n_atoms
+    e_model = np.array([p.energy for p in predictions]) / n_atoms
+    f_ref = np.concatenate([a.get_forces() for a in frames])
+    f_model = np.concatenate([p.forces for p in predictions])
+    s_ref = np.array([a.get_stress(voigt=False) for a in frames]) / units.GPa
+    s_model = np.array([p.stress for p in predictions]) / units.GPa
+    m_ref = np.concatenate([a.get_magnetic_moments() for a in frames])
+    m_model = np.concatenate([p.magmoms for p in predictions])
+    model_mae = {"energy": 1000 * np.abs(e_model - e_ref).mean(), "forces": np.abs(f_model - f_ref).mean(),
+                 "stress": np.abs(s_model - s_ref).mean(), "magmoms": np.abs(m_model - m_ref).mean()}
+    baseline_mae = {"energy": 1000 * np.abs(e_ref - e_ref.mean()).mean(), "forces": np.abs(f_ref).mean(),
+                    "stress": np.abs(s_ref).mean(), "magmoms": np.abs(m_ref - m_ref.mean()).mean()}
+    return {"structures": len(frames), "atoms": int(n_atoms.sum()), "mae": model_mae, "baseline_mae": baseline_mae}
+
+
+def print_distillation(result: dict) -> None:
+    print(f"\n== 1. Distillation vs the CHGNet teacher: lab_heldout.extxyz, {result['structures']} structures, "
+          f"{result['atoms']} atoms ==")
+    baselines = {"energy": "mean E/atom of the set", "forces": "F = 0", "stress": "stress = 0",
+                 "magmoms": "mean moment of the set"}
+    labels = {"energy": "energy (meV/atom)", "forces": "forces (eV/Å, per component)",
+              "stress": "stress (GPa, per component)", "magmoms": "magmoms (μB)"}
+    rows = []
+    for key, label in labels.items():
+        target = TARGETS.get(key)
+        rows.append([label, result["mae"][key], result["baseline_mae"][key], baselines[key],
+                     "-" if target is None else f"<= {target:g}", verdict(result["mae"][key], target)])
+    table(["quantity", "model MAE", "baseline MAE", "baseline", "target", "result"], rows)
+
+
+# ============================================================================================ 2. DFPT
+def dfpt(model, path: Path) -> dict:
+    """Z* MAE (e) over every component of every atom and eps_inf MAE over 9 components per structure."""
+    frames = read(path, ":")
+    predictions = model.predict(frames, batch_size=BATCH)
+    z_ref = np.concatenate([a.arrays["born_charges"].reshape(-1, 3, 3) for a in frames])
+    z_model = np.concatenate([p.born_charges for p in predictions])
+    eps_ref = np.array([np.reshape(a.info["dielectric"], (3, 3)) for a in frames])
+    eps_model = np.array([p.dielectric for p in predictions])
+    return {"structures": len(frames), "atoms": len(z_ref),
+            "mae": {"born_charges": np.abs(z_model - z_ref).mean(), "dielectric": np.abs(eps_model - eps_ref).mean()},
+            "baseline_mae": {"born_charges": np.abs(z_ref).mean(), "dielectric": np.abs(eps_ref - np.eye(3)).mean()}}
+
+
+def print_dfpt(result: dict) -> None:
+    print(f"\n== 2. DFPT test split: dfpt/test.extxyz, {result['structures']} structures, {result['atoms']} atoms ==")
+    labels = {"born_charges": ("Z* (e)", "Z* = 0"), "dielectric": ("eps_inf (-)", "eps = identity")}
+    rows = [[label, result["mae"][key], result["baseline_mae"][key], baseline, PAPER_DFPT[key],
+             f"<= {TARGETS[key]:g}", verdict(result["mae"][key], TARGETS[key])]
+            for key, (label, baseline) in labels.items()]
+    table(["quantity", "model MAE", "baseline MAE", "baseline", "paper MAE", "target", "result"], rows)
+
+
+# ============================================================================================ 3. 3C-SiC
+def silicon_carbide(model, supercell) -> dict:
+    """Relaxed a (Å), Z*_Si,xx (e), eps_inf,xx, and TO, LO at Gamma and LO - TO (THz) with the model's NAC."""
+    result = relax(model, bulk("SiC", "zincblende", a=4.36), fmax=0.01, cell=True, max_steps=300)
+    relaxed = result.structure
+    a = (4 * relaxed.volume) ** (1 / 3)  # fcc primitive cell: V = a^3 / 4
+    p = model.predict(relaxed)
+    silicon = int(np.flatnonzero(relaxed.numbers == 14)[0])
+    phonons = Phonons.from_model(model, relaxed, supercell, nac=True)
+    along_x = relaxed.cell @ np.array([1.0, 0.0, 0.0])  # reduced q direction of Cartesian x
+    gamma = phonons.frequencies([0, 0, 0], q_direction=along_x)[0]
+    optical = np.sort(gamma[np.argsort(np.abs(gamma))[3:]])  # the 3 acoustic modes are the ones closest to 0
+    to, lo = float(optical[0]), float(optical[-1])  # 2 TO, 1 LO
+    return {"relax_converged": result.converged, "relax_steps": result.steps, "a": a,
+            "z_si": float(p.born_charges[silicon, 0, 0]), "eps": float(p.dielectric[0, 0]), "to": to, "lo": lo,
+            "lo_to": lo - to, "gamma_frequencies": gamma, "supercell": list(supercell)}
+
+
+def print_silicon_carbide(result: dict) -> None:
+    print(f"\n== 3. 3C-SiC: cell relaxation ({result['relax_steps']} FIRE steps, converged "
+          f"{result['relax_converged']}), phonons on {'x'.join(map(str, result['supercell']))} with the model's NAC ==")
+    labels = {"a": "a (Å)", "z_si": "Z*_Si,xx (e)", "eps": "eps_inf,xx (-)", "to": "TO at Gamma (THz)",
+              "lo": "LO at Gamma, q -> 0 along x (THz)", "lo_to": "LO - TO (THz)"}
+    rows = [[label, result[key], SIC_EXPERIMENT[key], SIC_PAPER[key]] for key, label in labels.items()]
+    table(["quantity", "model", "experiment", "paper (Table S7)"], rows)
+
+
+# ============================================================================================ 4. BaTiO3
+def perovskite(repeat) -> Atoms:
+    """Cubic BaTiO3, a = 4.0 Å, repeated ``repeat`` times (Ba at the corner, Ti at the body centre)."""
+    cell = Atoms("BaTiO3", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5],
+                                             [0, 0.5, 0.5]], cell=np.eye(3) * 4.0, pbc=True)
+    return cell * tuple(repeat)
+
+
+def path_polarization(model, start: Atoms, end: Atoms, steps: int = 8) -> np.ndarray:
+    """P (μC/cm²) of ``end`` relative to ``start``: Σ ∫ Z* du / V along the straight path, trapezoid rule."""
+    tracker = PolarizationTracker()
+    frames = []
+    for t in np.linspace(0.0, 1.0, steps + 1):
+        frame = start.copy()
+        frame.positions = (1 - t) * start.positions + t * end.positions
+        frames.append(frame)
+    for frame, p in zip(frames, model.predict(frames)):
+        dipole = tracker.update(frame.positions, p.born_charges)
+    return dipole / end.get_volume() * E_PER_A2_IN_UC_PER_CM2
+
+
+def barium_titanate(model, repeat, md_fs: float, period_fs: float) -> dict:
+    """Mean |P_z| (μC/cm², second half of field-free NVT at 300 K, relative to the cubic cell) and one P-E cycle:
+    remanent P (μC/cm²) and coercive field (MV/cm). Timings (s) of both parts."""
+    cubic = perovskite(repeat)
+    start = cubic.copy()
+    start.positions[start.numbers == 22, 2] += 0.1
+    p_start = path_polarization(model, cubic, start)
+    out = {"atoms": len(start), "md_fs": md_fs, "period_fs": period_fs, "field_max_MV_cm": FIELD_MAX / MV_PER_CM,
+           "p_start_z": p_start[2]}
+    clock = time.perf_counter()
+    trace, temperatures = [], []
+
+    def record(sim):
+        trace.append(p_start[2] + sim.state.polarization[2])
+        temperatures.append(sim.state.temperature)
+
+    try:
+        sim = run_md(model, start, "nvt-nh", timestep=TIMESTEP, steps=int(round(md_fs / TIMESTEP)),
+                     temperature=TEMPERATURE, seed=0, hooks=[record])
+    except MDError as error:
+        out.update(md_error=str(error), ps_z=math.nan, temperature=math.nan, remanent=math.nan, coercive=math.nan,
+                   md_seconds=time.perf_counter() - clock, hysteresis_seconds=0.0)
+        return out
+    half = len(trace) // 2
+    out.update(ps_z=float(np.mean(np.abs(trace[half:]))), temperature=float(np.mean(temperatures[half:])),
+               md_seconds=time.perf_counter() - clock)
+    clock = time.perf_counter()
+    try:
+        loop = field.hysteresis(model, sim.state.to_structure(), FIELD_MAX, period_fs, cycles=1,
+                                temperature=TEMPERATURE, timestep=TIMESTEP, seed=1, momenta=sim.state.momenta)
+        out.update(remanent=loop.remanent, coercive=loop.coercive_MV_cm)
+    except MDError as error:
+        out.update(hysteresis_error=str(error), remanent=math.nan, coercive=math.nan)
+    out["hysteresis_seconds"] = time.perf_counter() - clock
+    return out
+
+
+def print_barium_titanate(result: dict) -> None:
+    print(f"\n== 4. BaTiO3: {result['atoms']} atoms, NVT {TEMPERATURE:g} K for {result['md_fs']:g} fs "
+          f"({result['md_seconds']:.1f} s), then one P-E cycle of {result['period_fs']:g} fs at "
+          f"{result['field_max_MV_cm']:g} MV/cm ({result['hysteresis_seconds']:.1f} s) ==")
+    for key in ("md_error", "hysteresis_error"):
+        if key in result:
+            print(f"{key.replace('_', ' ')}: {result[key]}")
+    rows = [["P_z at the start (Ti +0.1 Å), vs cubic (μC/cm²)", result["p_start_z"], "-"],
+            ["mean |P_z|, second half of the MD (μC/cm²)", result["ps_z"], BTO_PAPER_PS],
+            ["mean temperature, second half (K)", result["temperature"], "-"],
+            ["remanent polarization (μC/cm²)", result["remanent"], "n/a"],
+            ["coercive field (MV/cm)", result["coercive"], "n/a"]]
+    table(["quantity", "model", "paper (300 K)"], rows)
+
+
+# ============================================================================================ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="output folder of build_data.sh")
+    parser.add_argument("--model", default=None, help="ONNX model file (default: the bundled model)")
+    parser.add_argument("--quick", action="store_true", help="small supercells and short MD (development)")
+    parser.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
+    args = parser.parse_args()
+    settings = SETTINGS["quick" if args.quick else "full"]
+
+    model = mtsim.load(args.model)
+    untrained = ", ".join(model.untrained_outputs) or "none"
+    print(f"model: {model.metadata.get('model_name', '?')} ({model.precision}) {model.path}; "
+          f"untrained outputs: {untrained}; mode: {'quick' if args.quick else 'full'}")
+    report = {"model": {"name": model.metadata.get("model_name"), "precision": model.precision,
+                        "path": str(model.path), "untrained_outputs": list(model.untrained_outputs)},
+              "mode": "quick" if args.quick else "full", "settings": settings, "timings_s": {}}
+    sections = [
+        ("distillation", lambda: distillation(model, args.data / "lab_heldout.extxyz"), print_distillation),
+        ("dfpt", lambda: dfpt(model, args.data / "dfpt" / "test.extxyz"), print_dfpt),
+        ("sic", lambda: silicon_carbide(model, settings["phonon_supercell"]), print_silicon_carbide),
+        ("batio3", lambda: barium_titanate(model, settings["bto_supercell"], settings["md_fs"],
+                                           settings["period_fs"]), print_barium_titanate),
+    ]
+    for name, compute, show in sections:
+        start = time.perf_counter()
+        report[name] = compute()
+        report["timings_s"][name] = time.perf_counter() - start
+        show(report[name])
+        print(f"section time: {report['timings_s'][name]:.1f} s")
+
+    print("\n== timings ==")
+    table(["section", "time (s)"], [[name, seconds] for name, seconds in report["timings_s"].items()])
+    if args.json is not None:
+        args.json.write_text(json.dumps(jsonable(report), indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
