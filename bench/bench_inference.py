@@ -62,7 +62,8 @@ def main() -> None:
 
         allocator = {k: os.environ.get(k, "unset") for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
         print(f"torch threads {torch.get_num_threads()}, allocator {allocator}")
-        print(f"{'atoms':>6} {'edges':>8} {'SDK median (min-max) s':>26} {'eager median (min-max) s':>28} {'SDK/eager':>10}")
+        print(f"{'atoms':>6} {'edges':>8} {'SDK median (min-max) s':>26} {'eager median (min-max) s':>28} "
+              f"{'SDK/eager':>10}")
         for n in args.sizes:
             atoms = cell_of(n)
             edges = build_graph([atoms], 5.0)["shifts"].shape[0]

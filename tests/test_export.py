@@ -301,10 +301,10 @@ def test_isolated_atom_keeps_epsilon(files, models, precision, level):
             assert np.isfinite(outputs[key]).all(), f"{key} is not finite for an isolated atom"
             assert output_error(outputs[key], reference[key], key) <= TOLERANCES[precision], key
     # every layer norm's eps is still a constant of the graph, in the file's precision
+    float_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(NUMPY[precision]))
     constants = {float(onnx.numpy_helper.to_array(a.t)) for node in onnx.load(str(files[precision])).graph.node
                  if node.op_type == "Constant" for a in node.attribute
-                 if a.name == "value" and a.t.data_type == onnx.helper.np_dtype_to_tensor_dtype(np.dtype(NUMPY[precision]))
-                 and np.prod(a.t.dims) == 1}
+                 if a.name == "value" and a.t.data_type == float_type and np.prod(a.t.dims) == 1}
     eps = {float(NUMPY[precision](m.eps)) for m in models[precision].modules() if hasattr(m, "eps")}
     assert eps and eps <= constants, f"layer-norm eps {eps - constants} missing from the graph"
 

@@ -17,8 +17,9 @@ first key present wins. A key is looked up in the calculator results (ASE's extx
 ``forces``, ``stress``, ``magmoms``, ``charges`` there, in a ``SinglePointCalculator``), then in ``atoms.info``,
 then in ``atoms.arrays``. Stress may be 9 numbers (row-major) or 6 (Voigt order xx, yy, zz, yz, xz, xy, as
 ASE's calculators store it): from a ``SinglePointCalculator`` the label is ``atoms.get_stress(voigt=False)``.
-Born charges are 9 numbers per atom, row-major ``Z[a, b]``; the dielectric tensor 9 numbers. For ASE databases (``.db``) the row's key-value pairs and ``data``
-entries are looked up like ``atoms.info``. A structure that has none of a label's keys does not carry that label.
+Born charges are 9 numbers per atom, row-major ``Z[a, b]``; the dielectric tensor 9 numbers. For ASE databases
+(``.db``) the row's key-value pairs and ``data`` entries are looked up like ``atoms.info``. A structure that has
+none of a label's keys does not carry that label.
 """
 
 from __future__ import annotations

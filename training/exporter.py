@@ -12,9 +12,10 @@ onnxruntime 1.3x):
    module calling ``autograd.grad``, ``torch.func`` transforms and the TorchScript exporter all fail). The
    example graph has distinct, non-trivial sizes (n=9 atoms in b=4 structures, e=37 edges) so that no size is
    specialised or tied to another. Full slices (``x[:, None]``) and their backward (``slice_backward``, which
-   would become zeros + ``ScatterND``) are removed from the traced graph: both are the identity. ``aten.native_layer_norm`` and its backward are decomposed during tracing into plain
-   arithmetic in the model's dtype: onnxruntime's ``LayerNormalization`` keeps float32 statistics, which the
-   backward then mixes with doubles (float64 error ~1e-8).
+   would become zeros + ``ScatterND``) are removed from the traced graph: both are the identity.
+   ``aten.native_layer_norm`` and its backward are decomposed during tracing into plain arithmetic in the
+   model's dtype: onnxruntime's ``LayerNormalization`` keeps float32 statistics, which the backward then mixes
+   with doubles (float64 error ~1e-8).
 3. ``torch.onnx.export(graph_module, dynamo=True, optimize=False)`` with dynamic n, e, b. The onnxscript
    optimizer is off: its rewrites delete ``x + eps`` terms (the equivariant layer norm's ``+ eps``).
 4. The ONNX model is post-processed: IR version pinned (``IR_VERSION``; onnx 1.23 writes IR 14 which

@@ -5,8 +5,8 @@ Base structures (``base_structures``):
 - the phonondb crystals (``--phonondb``: the DFPT file or its folder; with ``--dfpt-manifest``, only the crystals of
   the DFPT *train* split, so that the val/test crystals of the Born-charge task stay unseen);
 - element prototypes across the periodic table (``ELEMENTS``: Z = 1-83 without the noble gases and without the
-  molecular elements H, N, O, F, Cl, whose close-packed prototypes at covalent contact are absurdly dense) in fcc, bcc, hcp,
-  diamond and simple cubic;
+  molecular elements H, N, O, F, Cl, whose close-packed prototypes at covalent contact are absurdly dense) in fcc,
+  bcc, hcp, diamond and simple cubic;
 - binaries AB in rocksalt, CsCl, zincblende, wurtzite and AB2 in fluorite, the pairs drawn with the seed (cation from
   the metals, anion from ``ANIONS``).
 
@@ -27,8 +27,9 @@ Each sample (``sample``) takes one base structure, repeated to at least ``min_at
 
 A sample whose shortest interatomic distance is below ``max(0.5 Å, 0.5 (r_i + r_j))``, or with more than
 ``MAX_NEIGHBOURS`` neighbours per atom within ``DENSITY_CUTOFF`` (dense solids have ~40-100 within 5 Å), is drawn
-again (up to 20 times, then skipped). Deterministic: sample k uses ``numpy.random.default_rng([seed, k])``. The applied strain,
-the rattle amplitude, the volume ratio, the base name and the base's ``structure_id`` go into ``atoms.info``.
+again (up to 20 times, then skipped). Deterministic: sample k uses ``numpy.random.default_rng([seed, k])``. The
+applied strain, the rattle amplitude, the volume ratio, the base name and the base's ``structure_id`` go into
+``atoms.info``.
 """
 
 from __future__ import annotations
