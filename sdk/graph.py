@@ -1,7 +1,9 @@
-"""Structures -> model inputs (the flat-edge layout of the ONNX contract).
+"""Structures -> model inputs (the flat-edge layout of the ONNX contract, with edge slots).
 
 The graph of a batch holds every ordered pair (i, j) with |r_ij| < cutoff, periodic images through integer
 cell shifts, plus one self edge (i, i, 0) per atom. ``r_ij = positions[j] - positions[i] + shifts @ cell``.
+``receiver_slots``/``sender_slots`` list each atom's edges (``edge_slots``): the model sums over the edges of an
+atom by gathering them, so its graph has no scatter over edges (fast, and deterministic in its summation order).
 """
 
 from __future__ import annotations
@@ -42,14 +44,14 @@ def build_graph(structures: Sequence, cutoff: float, dtype=np.float64, check_ove
     batch = np.repeat(np.arange(len(structures), dtype=np.int64), n_atoms)
     if check_overlap:
         check_overlaps(positions, cells, batch, i, j, shifts)
-    return {
+    return with_slots({
         "numbers": np.concatenate([s.numbers for s in structures]),
         "positions": positions.astype(dtype),
         "cell": cells.astype(dtype),
         "batch": batch,
         "edge_index": np.stack([i, j]).astype(np.int64),
         "shifts": shifts.astype(dtype),
-    }
+    })
 
 
 def _cuda_neighbor_lists(structures: list[Structure], cutoff: float):
@@ -65,14 +67,35 @@ def _cuda_neighbor_lists(structures: list[Structure], cutoff: float):
 
 def graph_inputs(numbers, positions, cell, i, j, shifts, dtype=np.float64) -> dict[str, np.ndarray]:
     """Model inputs for one structure from a given edge list (e.g. a reused skin list), layout as ``build_graph``."""
-    return {
+    return with_slots({
         "numbers": np.asarray(numbers, dtype=np.int64),
         "positions": np.asarray(positions, dtype=dtype),
         "cell": np.asarray(cell, dtype=dtype)[None],
         "batch": np.zeros(len(numbers), dtype=np.int64),
         "edge_index": np.stack([i, j]).astype(np.int64),
         "shifts": np.asarray(shifts, dtype=dtype),
-    }
+    })
+
+
+def edge_slots(index: np.ndarray, num_atoms: int, width: int | None = None) -> np.ndarray:
+    """int64 [num_atoms, k]: row a holds, in edge order, the edges e with ``index[e] == a``, padded with the
+    number of edges (the model's zero row); k = the largest count (at least ``width`` if given)."""
+    index = np.asarray(index, dtype=np.int64)
+    counts = np.bincount(index, minlength=num_atoms)
+    k = max(int(counts.max(initial=0)), width or 0, 1)
+    order = np.argsort(index, kind="stable")
+    starts = np.cumsum(counts) - counts
+    slots = np.full((num_atoms, k), len(index), dtype=np.int64)
+    slots[index[order], np.arange(len(index)) - starts[index[order]]] = order
+    return slots
+
+
+def with_slots(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``inputs`` with ``receiver_slots`` and ``sender_slots`` (``edge_slots`` of ``edge_index[0]`` and ``[1]``)."""
+    n = len(inputs["numbers"])
+    inputs["receiver_slots"] = edge_slots(inputs["edge_index"][0], n)
+    inputs["sender_slots"] = edge_slots(inputs["edge_index"][1], n)
+    return inputs
 
 
 def edge_vectors(positions, cells, batch, i, j, shifts) -> np.ndarray:

@@ -29,7 +29,6 @@ from mtsim.onnx_format import (
 from mtsim.structure import Structure, as_structure
 
 PROPERTIES = OUTPUT_NAMES
-INPUTS = INPUT_NAMES
 PER_STRUCTURE = ("energy", "stress", "dielectric")
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "mtsim-default"
@@ -162,7 +161,7 @@ class Model:
         for name in ("positions", "cell", "shifts"):
             if inputs[name].dtype != self.dtype:
                 raise ValueError(f"input {name!r} is {inputs[name].dtype}, but this model file is {self.precision}")
-        outputs = self.session.run(list(PROPERTIES), {name: inputs[name] for name in INPUTS})
+        outputs = self.session.run(list(PROPERTIES), {name: inputs[name] for name in INPUT_NAMES})
         return dict(zip(PROPERTIES, outputs))
 
     def estimate_bytes(self, edges: int) -> float:

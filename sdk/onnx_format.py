@@ -2,9 +2,10 @@
 
 An mtsim ONNX file (written by ``mtsim.training.export`` / ``mtsim convert``) is one fixed graph per precision:
 
-* inputs (``INPUT_NAMES``, the "flat-edges" layout of the model spec): ``numbers`` int64 [n],
-  ``positions`` [n,3], ``cell`` [b,3,3], ``batch`` int64 [n], ``edge_index`` int64 [2,e], ``shifts`` [e,3];
-  floats in the file's precision (float32 or float64); n, e and b are symbolic;
+* inputs (``INPUT_NAMES``, the "flat-edges+slots" layout of format version 2): ``numbers`` int64 [n],
+  ``positions`` [n,3], ``cell`` [b,3,3], ``batch`` int64 [n], ``edge_index`` int64 [2,e], ``shifts`` [e,3],
+  ``receiver_slots`` int64 [n,kr], ``sender_slots`` int64 [n,ks];
+  floats in the file's precision (float32 or float64); n, e, b, kr and ks are symbolic;
 * outputs (``OUTPUT_NAMES``, in this order): ``energy`` [b], ``forces`` [n,3], ``stress`` [b,3,3],
   ``magmoms`` [n], ``charges`` [n], ``born_charges`` [n,3,3], ``dielectric`` [b,3,3];
 * ``metadata_props`` (all values are strings; JSON where noted), see ``METADATA_KEYS``.
@@ -22,26 +23,29 @@ from dataclasses import dataclass, field
 
 FORMAT_NAME = "mtsim-onnx"
 """Value of the ``mtsim_format`` metadata key."""
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version written by this mtsim (``mtsim_format_version``). Bump it when inputs, outputs or units change."""
-SUPPORTED_FORMAT_VERSIONS = (1,)
-"""Versions this mtsim reads."""
-INPUT_LAYOUT = "flat-edges"
-"""``input_layout`` of format version 1: edges as an [2,e] index list plus [e,3] integer cell shifts."""
+SUPPORTED_FORMAT_VERSIONS = (2,)
+"""Versions this mtsim reads. Version 1 (no slot inputs; its graph summed over edges with ScatterElements, 2-4x
+slower) is refused with a request to re-export the checkpoint."""
+INPUT_LAYOUT = "flat-edges+slots"
+"""``input_layout`` of format version 2: edges as an [2,e] index list plus [e,3] integer cell shifts, and
+``receiver_slots``/``sender_slots`` [n,k] (each atom's edges, padded with e; ``mtsim.graph.edge_slots``), so that
+the graph sums over edges by gathering instead of scattering."""
 
-INPUT_NAMES = ("numbers", "positions", "cell", "batch", "edge_index", "shifts")
+INPUT_NAMES = ("numbers", "positions", "cell", "batch", "edge_index", "shifts", "receiver_slots", "sender_slots")
 OUTPUT_NAMES = ("energy", "forces", "stress", "magmoms", "charges", "born_charges", "dielectric")
 PRECISIONS = ("float32", "float64")
 
 INPUT_SHAPES = {
     "numbers": ("n",), "positions": ("n", 3), "cell": ("b", 3, 3), "batch": ("n",),
-    "edge_index": (2, "e"), "shifts": ("e", 3),
+    "edge_index": (2, "e"), "shifts": ("e", 3), "receiver_slots": ("n", "kr"), "sender_slots": ("n", "ks"),
 }
 OUTPUT_SHAPES = {
     "energy": ("b",), "forces": ("n", 3), "stress": ("b", 3, 3), "magmoms": ("n",), "charges": ("n",),
     "born_charges": ("n", 3, 3), "dielectric": ("b", 3, 3),
 }
-INTEGER_INPUTS = ("numbers", "batch", "edge_index")
+INTEGER_INPUTS = ("numbers", "batch", "edge_index", "receiver_slots", "sender_slots")
 
 UNITS = {
     "positions": "Å", "cell": "Å", "shifts": "1 (integer cell shifts)", "energy": "eV", "forces": "eV/Å",
@@ -54,7 +58,7 @@ KEY_VERSION = "mtsim_format_version"
 METADATA_KEYS = {
     KEY_FORMAT: f"always {FORMAT_NAME!r}",
     KEY_VERSION: "integer format version",
-    "input_layout": "input layout of this version (flat-edges)",
+    "input_layout": "input layout of this version (flat-edges+slots)",
     "model_name": "name of the model (preset name unless the checkpoint metadata names it)",
     "model_preset": "Table S1 size preset (1M, 10M, 220M, 1.3B or custom)",
     "model_config": "JSON: the ModelConfig the model was built with",
@@ -274,7 +278,8 @@ def check_mtsim_metadata(info: OnnxModelInfo) -> OnnxModelInfo:
             f"{path} has an unreadable {KEY_VERSION} {raw_version!r}; this mtsim reads versions "
             f"{list(SUPPORTED_FORMAT_VERSIONS)}") from None
     if version not in SUPPORTED_FORMAT_VERSIONS:
-        newer = " (written by a newer mtsim: upgrade mtsim)" if version > max(SUPPORTED_FORMAT_VERSIONS) else ""
+        newer = (" (written by a newer mtsim: upgrade mtsim)" if version > max(SUPPORTED_FORMAT_VERSIONS) else
+                 " (written by an older mtsim: re-export its checkpoint with `mtsim convert`)")
         raise UnsupportedFormatVersionError(
             f"{path} has mtsim ONNX format version {version}{newer}; this mtsim reads versions "
             f"{list(SUPPORTED_FORMAT_VERSIONS)}"

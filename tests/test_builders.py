@@ -148,7 +148,7 @@ def test_antisymmetric_correlation_sees_a_transpose_through_rotations():
 
 # ------------------------------------------------------------------------------------------- generated structures
 
-ELEMS = ("H", "Li", "C", "Si", "Cu", "Fe", "Cs", "O")
+ELEMS = ("Li", "C", "Si", "Cu", "Fe", "Cs", "Al", "Mg")  # no molecular elements: the density filter rejects them
 
 
 def _bases(**kwargs):
@@ -176,7 +176,9 @@ def test_generated_structures_are_valid_and_deterministic():
     frames = structures.generate(bases, 40, seed=5)
     again = structures.generate(_bases(), 40, seed=5)
     other = structures.generate(bases, 40, seed=6)
-    assert len(frames) == 40 and {a.info["kind"] for a in frames} == {"rattle", "strain", "compress"}
+    # a draw that fails the overlap or density filter 20 times is skipped (here: close-packed carbon prototypes)
+    assert 36 <= len(frames) <= 40 and {a.info["kind"] for a in frames} == {"rattle", "strain", "compress"}
+    assert all(structures.min_distance_ok(a) and structures.density_ok(a) for a in frames)
     assert {a.info["category"] for a in frames} == {"element", "binary"}
     for a, b in zip(frames, again):
         assert a.get_chemical_formula() == b.get_chemical_formula()
@@ -236,7 +238,7 @@ def test_phonondb_bases_use_only_the_train_split(tmp_path):
 
 def test_structures_command_line(tmp_path):
     out = tmp_path / "gen.extxyz"
-    assert structures.main(["--out", str(out), "--size", "12", "--elements", "Si", "Na", "O", "--binaries", "2",
+    assert structures.main(["--out", str(out), "--size", "12", "--elements", "Si", "Na", "Al", "--binaries", "2",
                             "--quiet"]) == 0
     frames = ase.io.read(out, ":")
     assert len(frames) == 12

@@ -258,3 +258,46 @@ def test_mismatched_shapes_raise(model):
         model.predict(Structure([1, 1], [[0, 0, 0]]))
     with pytest.raises(ValueError, match="cell must have shape"):
         model.predict(Structure([1], [[0, 0, 0]], cell=np.eye(2), pbc=False))
+
+
+def test_edge_slots_list_each_atoms_edges_in_order():
+    from mtsim.graph import edge_slots
+
+    index = np.random.default_rng(0).integers(0, 6, size=40)
+    index[index == 4] = 5  # atom 4 has no edge: a row of padding
+    slots = edge_slots(index, 7)
+    assert slots.shape == (7, np.bincount(index).max())
+    for atom in range(7):
+        row = slots[atom]
+        listed = row[row < len(index)]
+        np.testing.assert_array_equal(listed, np.flatnonzero(index == atom))  # every edge once, in edge order
+        assert (row[len(listed):] == len(index)).all()  # padding after the edges
+    assert edge_slots(index, 7, width=20).shape == (7, 20)  # extra padding columns are allowed
+
+
+def test_edge_sum_and_gather_equal_scatter_add_and_index_select_to_second_order():
+    """The gather-based sum over each atom's edges and its backward are exact (double backward for training)."""
+    from mtsim.graph import edge_slots
+    from mtsim.training.model import EdgeGather, EdgeSum
+
+    rng = np.random.default_rng(1)
+    index = torch.from_numpy(rng.integers(0, 5, size=23))
+    slots = torch.from_numpy(edge_slots(index.numpy(), 6))
+    src = torch.tensor(rng.normal(size=(23, 3, 2)), requires_grad=True)
+    x = torch.tensor(rng.normal(size=(6, 3, 2)), requires_grad=True)
+    reference = torch.zeros(6, 3, 2, dtype=src.dtype).index_add(0, index, src)
+    torch.testing.assert_close(EdgeSum.apply(src, index, slots), reference, rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(EdgeGather.apply(x, index, slots), x[index], rtol=0, atol=0)
+    torch.autograd.gradcheck(lambda s: EdgeSum.apply(s, index, slots), (src,))
+    torch.autograd.gradgradcheck(lambda s: EdgeSum.apply(s, index, slots) ** 2, (src,))
+    torch.autograd.gradcheck(lambda v: EdgeGather.apply(v, index, slots), (x,))
+    torch.autograd.gradgradcheck(lambda v: EdgeGather.apply(v, index, slots) ** 2, (x,))
+
+
+def test_given_slots_equal_computed_slots(model, structures):
+    graph = build_graph([structures["triclinic"], structures["slab"]], model.config.cutoff)
+    inputs = {k: torch.from_numpy(v) for k, v in graph.items()}
+    given = model(**inputs)
+    computed = model(**{k: v for k, v in inputs.items() if not k.endswith("_slots")})
+    for name in given:
+        torch.testing.assert_close(given[name], computed[name], rtol=0, atol=0)

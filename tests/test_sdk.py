@@ -175,9 +175,13 @@ def test_model_file_errors(exported, tmp_path):
     with pytest.raises(CorruptOnnxError, match="corrupt or truncated"):
         mtsim.load(truncated)
     newer = tmp_path / "newer.onnx"
-    proto = with_metadata(exported[1], newer, mtsim_format_version="2")
+    proto = with_metadata(exported[1], newer, mtsim_format_version="3")
     with pytest.raises(UnsupportedFormatVersionError, match="newer mtsim"):
         mtsim.load(newer)
+    older = tmp_path / "older.onnx"  # version 1 summed over edges by scattering; its files must be re-exported
+    with_metadata(exported[1], older, mtsim_format_version="1")
+    with pytest.raises(UnsupportedFormatVersionError, match="re-export"):
+        mtsim.load(older)
     foreign = tmp_path / "foreign.onnx"
     del proto.metadata_props[:]
     onnx.save(proto, foreign)

@@ -16,15 +16,15 @@ onnxruntime 1.3x):
    ``aten.native_layer_norm`` and its backward are decomposed during tracing into plain arithmetic in the
    model's dtype: onnxruntime's ``LayerNormalization`` keeps float32 statistics, which the backward then mixes
    with doubles (float64 error ~1e-8).
-3. ``torch.onnx.export(graph_module, dynamo=True, optimize=False)`` with dynamic n, e, b. The onnxscript
+3. ``torch.onnx.export(graph_module, dynamo=True, optimize=False)`` with dynamic n, e, b, kr, ks. The onnxscript
    optimizer is off: its rewrites delete ``x + eps`` terms (the equivariant layer norm's ``+ eps``).
 4. The ONNX model is post-processed: IR version pinned (``IR_VERSION``; onnx 1.23 writes IR 14 which
    onnxruntime 1.31 refuses), metadata added, and ``check_graph`` run: no ``ScatterND`` with
    ``reduction="add"`` (onnxruntime's CPU kernel races with more than one thread: forces wrong and different
-   every run; the model uses ``gather``/``scatter_add`` so that forward and backward become
-   ``GatherElements``/``ScatterElements``), every input and output dim that the contract makes dynamic is
-   still symbolic, and every float tensor (inputs, outputs, initializers, constants, casts) has the file's
-   precision.
+   every run; the model sums over edges with ``EdgeSum``/``EdgeGather``, which become ``Gather`` + ``ReduceSum``,
+   and over atoms with ``scatter_add``, which becomes ``ScatterElements``), every input and output dim that the
+   contract makes dynamic is still symbolic, and every float tensor (inputs, outputs, initializers, constants,
+   casts) has the file's precision.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtsim.graph import edge_slots
 from mtsim.onnx_format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -76,22 +77,24 @@ class ExportError(RuntimeError):
 
 
 class ForceStressModule(nn.Module):
-    """``MTModel`` as a function of the six contract inputs returning the seven outputs as a tuple."""
+    """``MTModel`` as a function of the eight contract inputs returning the seven outputs as a tuple."""
 
     def __init__(self, model: MTModel):
         super().__init__()
         self.model = model
 
-    def forward(self, numbers, positions, cell, batch, edge_index, shifts):
-        out = self.model(numbers, positions, cell, batch, edge_index, shifts, compute_forces=True)
+    def forward(self, numbers, positions, cell, batch, edge_index, shifts, receiver_slots, sender_slots):
+        out = self.model(numbers, positions, cell, batch, edge_index, shifts, receiver_slots, sender_slots,
+                         compute_forces=True)
         return tuple(out[name] for name in OUTPUT_NAMES)
 
 
 EXAMPLE_SIZES = (3, 2, 1, 3)
-"""Atoms per structure of the tracing example: n=9, b=4 (and e=37 edges). Symbolic tracing gives input dims of
-equal value one symbol and specialises 0 and 1, so n, e and b differ from each other and from 0, 1, 2 and 3
-(the fixed dims of the contract)."""
+"""Atoms per structure of the tracing example: n=9, b=4 (and e=37 edges, slot widths kr=7 and ks=8). Symbolic
+tracing gives input dims of equal value one symbol and specialises 0 and 1, so n, e, b, kr and ks differ from
+each other and from 0, 1, 2 and 3 (the fixed dims of the contract)."""
 EXAMPLE_EDGES = 37
+EXAMPLE_SLOT_WIDTHS = (7, 8)
 
 
 def example_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -110,11 +113,13 @@ def example_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         j = int(rng.choice(np.flatnonzero(batch == batch[i])))
         edges.append((i, j, *rng.choice([-1, 1], size=3)))
     edges = np.array(edges[:EXAMPLE_EDGES], dtype=np.int64)
-    assert len({n, b, len(edges)} | {0, 1, 2, 3}) == 7
+    slots = [edge_slots(edges[:, k], n, width) for k, width in enumerate(EXAMPLE_SLOT_WIDTHS)]
+    assert len({n, b, len(edges), *(s.shape[1] for s in slots)} | {0, 1, 2, 3}) == 9
     return (
         torch.from_numpy(numbers.astype(np.int64)), torch.tensor(positions, dtype=dtype),
         torch.tensor(cell, dtype=dtype), torch.from_numpy(batch.astype(np.int64)),
         torch.from_numpy(edges[:, :2].T.copy()), torch.tensor(edges[:, 2:].astype(np.float64), dtype=dtype),
+        *(torch.from_numpy(s) for s in slots),
     )
 
 
@@ -263,8 +268,7 @@ def export(model_or_checkpoint, path: str | os.PathLike, precision: str = "float
     traced = time.perf_counter()
     from torch.export import Dim
 
-    n, e, b = Dim("n"), Dim("e"), Dim("b")
-    dims = {"n": n, "e": e, "b": b}
+    dims = {name: Dim(name) for name in ("n", "e", "b", "kr", "ks")}
     dynamic_shapes = tuple(
         {axis: dims[size] for axis, size in enumerate(INPUT_SHAPES[name]) if isinstance(size, str)}
         for name in INPUT_NAMES

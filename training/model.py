@@ -14,9 +14,11 @@ Implements ``shared/design/model-spec.md``. One forward pass maps the flat-edge 
 =============== ========== =============================================================
 
 Implementation rules that keep the model exportable to a fixed ONNX graph (see ``mtsim.training.export``):
-gathers use ``Tensor.gather`` and reductions ``Tensor.scatter_add`` (their backward passes are each other, so the
-traced graph holds no ``index_put``/``ScatterND``); no data-dependent control flow; GELU is the tanh form, which
-every onnxruntime kernel has in float32 and float64.
+per-edge gathers and per-atom sums over edges are ``EdgeGather``/``EdgeSum``, which are each other's backward and
+sum by gathering each atom's edges through the slot inputs (``mtsim.graph.edge_slots``), so the traced graph has
+no scatter over edges at all; the few atom <-> structure gathers and sums use ``Tensor.gather`` and
+``Tensor.scatter_add`` (never ``index_put``/``ScatterND``); no data-dependent control flow; GELU is the tanh form,
+which every onnxruntime kernel has in float32 and float64.
 """
 
 from __future__ import annotations
@@ -73,11 +75,55 @@ def scatter_sum(src: Tensor, index: Tensor, size: int) -> Tensor:
     return out.scatter_add(0, index.view(-1, *([1] * (src.dim() - 1))).expand_as(src), src)
 
 
-def scatter_max(src: Tensor, index: Tensor, size: int) -> Tensor:
-    """Row-wise maximum of ``src`` grouped by ``index``; every group must be non-empty (self edges ensure it)."""
-    out = src.new_zeros((size, *src.shape[1:]))
-    idx = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
-    return out.scatter_reduce(0, idx, src, reduce="amax", include_self=False)
+def padded_rows(src: Tensor, slots: Tensor) -> Tensor:
+    """[n,k,...]: the rows of ``src`` [e,...] listed in ``slots`` [n,k]; the padding index e gives zero rows."""
+    padded = torch.cat([src, torch.zeros_like(src[:1])])
+    return padded.index_select(0, slots.reshape(-1)).view(*slots.shape, *src.shape[1:])
+
+
+def slot_max(src: Tensor, slots: Tensor) -> Tensor:
+    """[n,...]: the maximum of ``src`` over each atom's edges (padding repeats the atom's first edge, so every atom
+    needs one: the self edge)."""
+    filled = torch.where(slots < src.shape[0], slots, slots[:, :1].expand_as(slots))
+    return src.index_select(0, filled.reshape(-1)).view(*slots.shape, *src.shape[1:]).amax(1)
+
+
+class EdgeSum(torch.autograd.Function):
+    """``out[a] = sum of src[e] over the edges e with index[e] == a`` ([e,...] -> [n,...]), computed as a gather of
+    each atom's edges (``slots``, see ``mtsim.graph.edge_slots``) and a sum over them, in edge order. Backward:
+    ``EdgeGather``."""
+
+    @staticmethod
+    def forward(ctx, src: Tensor, index: Tensor, slots: Tensor) -> Tensor:
+        ctx.save_for_backward(index, slots)
+        return padded_rows(src, slots).sum(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, slots = ctx.saved_tensors
+        return EdgeGather.apply(grad, index, slots), None, None
+
+
+class EdgeGather(torch.autograd.Function):
+    """``x[index]`` ([n,...] -> [e,...]); backward: ``EdgeSum`` over the same index and slots."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor, slots: Tensor) -> Tensor:
+        ctx.save_for_backward(index, slots)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, slots = ctx.saved_tensors
+        return EdgeSum.apply(grad, index, slots), None, None
+
+
+def _slots(edge_index: Tensor, num_atoms: int) -> tuple[Tensor, Tensor]:
+    """``receiver_slots``, ``sender_slots`` of ``edge_index`` (``mtsim.graph.edge_slots``), on its device."""
+    from mtsim.graph import edge_slots
+
+    index = edge_index.detach().cpu().numpy()
+    return tuple(torch.from_numpy(edge_slots(index[k], num_atoms)).to(edge_index.device) for k in (0, 1))
 
 
 def smooth_cutoff(d: Tensor, cutoff: float) -> Tensor:
@@ -100,10 +146,23 @@ class Graph:
 
     receiver: Tensor  # i [e]
     sender: Tensor  # j [e]
-    num_atoms: int
-    mask: Tensor  # m_ij [e]
-    unit: Tensor  # r_ij / |r_ij| [e,3]; zero on self edges
-    basis: Tensor  # Phi(|r_ij|) [e,K]
+    receiver_slots: Tensor  # [n,kr], see mtsim.graph.edge_slots
+    sender_slots: Tensor  # [n,ks]
+    mask: Tensor = None  # m_ij [e]
+    unit: Tensor = None  # r_ij / |r_ij| [e,3]; zero on self edges
+    basis: Tensor = None  # Phi(|r_ij|) [e,K]
+
+    def at_receivers(self, x: Tensor) -> Tensor:
+        """x_i per edge."""
+        return EdgeGather.apply(x, self.receiver, self.receiver_slots)
+
+    def at_senders(self, x: Tensor) -> Tensor:
+        """x_j per edge."""
+        return EdgeGather.apply(x, self.sender, self.sender_slots)
+
+    def sum_at_receivers(self, src: Tensor) -> Tensor:
+        """sum_j src_ij per atom i."""
+        return EdgeSum.apply(src, self.receiver, self.receiver_slots)
 
     def aggregate(self, logits: Tensor, values: Tensor) -> Tensor:
         """Renormalised smooth-mask attention: sum_j w_ij V_j, w_ij = exp(a_ij) m_ij / sum_k exp(a_ik) m_ik.
@@ -111,11 +170,11 @@ class Graph:
         ``logits`` [e,H]; ``values`` [e,...,H,dh] (already gathered at the senders). The maximum subtracted for
         stability is detached: it cancels exactly, so gradients are unchanged.
         """
-        top = scatter_max(logits.detach(), self.receiver, self.num_atoms)
-        weight = torch.exp(logits - gather(top, self.receiver)) * self.mask[:, None]
-        norm = scatter_sum(weight, self.receiver, self.num_atoms)
+        top = slot_max(logits.detach(), self.receiver_slots)
+        weight = torch.exp(logits - top.index_select(0, self.receiver)) * self.mask[:, None]
+        norm = self.sum_at_receivers(weight)
         weight = weight.view(weight.shape[0], *([1] * (values.dim() - 3)), weight.shape[1], 1)
-        out = scatter_sum(weight * values, self.receiver, self.num_atoms)
+        out = self.sum_at_receivers(weight * values)
         return out / norm.view(norm.shape[0], *([1] * (values.dim() - 3)), norm.shape[1], 1)
 
 
@@ -165,13 +224,13 @@ class Attention(nn.Module):
 
     def attend(self, graph: Graph, q: Tensor, k: Tensor, v: Tensor, components: int = 1) -> Tensor:
         """q, k, v [n,(3,)d]; logits sum over components and head channels, scaled 1/sqrt(components * dh)."""
-        q_i = gather(self.heads(q), graph.receiver)
-        k_j = gather(self.heads(k), graph.sender)
+        q_i = graph.at_receivers(self.heads(q))
+        k_j = graph.at_senders(self.heads(k))
         logits = (q_i * k_j).sum(-1)
         if components > 1:
             logits = logits.sum(1)
         logits = logits / math.sqrt(components * self.head_dim)
-        out = graph.aggregate(logits, gather(self.heads(v), graph.sender))
+        out = graph.aggregate(logits, graph.at_senders(self.heads(v)))
         return out.flatten(-2)
 
 
@@ -324,10 +383,14 @@ class MTModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, numbers: Tensor, positions: Tensor, cell: Tensor, batch: Tensor, edge_index: Tensor,
-                shifts: Tensor, compute_forces: bool = True) -> dict[str, Tensor]:
-        """Inputs as in the ONNX contract (Å, rows of ``cell`` are lattice vectors). In training mode the force
-        and stress graphs are kept (``create_graph``) so that losses on them can be back-propagated."""
+                shifts: Tensor, receiver_slots: Tensor | None = None, sender_slots: Tensor | None = None,
+                compute_forces: bool = True) -> dict[str, Tensor]:
+        """Inputs as in the ONNX contract (Å, rows of ``cell`` are lattice vectors); the slots are computed from
+        ``edge_index`` when not given. In training mode the force and stress graphs are kept (``create_graph``)
+        so that losses on them can be back-propagated."""
         n, b = numbers.shape[0], cell.shape[0]
+        if receiver_slots is None or sender_slots is None:
+            receiver_slots, sender_slots = _slots(edge_index, n)
         if compute_forces:
             positions = positions if positions.requires_grad else positions.detach().requires_grad_(True)
             strain = torch.zeros_like(cell).requires_grad_(True)
@@ -336,14 +399,15 @@ class MTModel(nn.Module):
             cell_ = cell + torch.bmm(cell, symmetric)
         else:
             positions_, cell_ = positions, cell
-        receiver, sender = edge_index[0], edge_index[1]
-        r = gather(positions_, sender) - gather(positions_, receiver)
-        r = r + torch.einsum("ek,ekl->el", shifts, gather(cell_, batch[receiver]))
+        graph = Graph(edge_index[0], edge_index[1], receiver_slots, sender_slots)
+        receiver, sender = graph.receiver, graph.sender
+        r = graph.at_senders(positions_) - graph.at_receivers(positions_)
+        r = r + torch.einsum("ek,ekl->el", shifts, graph.at_receivers(gather(cell_, batch)))
         is_self = (receiver == sender) & (shifts == 0).all(dim=1)
         d2 = (r * r).sum(-1)
         d = torch.where(is_self, torch.zeros_like(d2), torch.sqrt(torch.where(is_self, torch.ones_like(d2), d2)))
         unit = r / torch.where(is_self, torch.ones_like(d), d)[:, None]
-        graph = Graph(receiver, sender, n, smooth_cutoff(d, self.config.cutoff), unit, self.basis(d))
+        graph.mask, graph.unit, graph.basis = smooth_cutoff(d, self.config.cutoff), unit, self.basis(d)
 
         x, e = self.embed(graph, numbers)
         for block in self.blocks:
@@ -374,9 +438,9 @@ class MTModel(nn.Module):
     def embed(self, graph: Graph, numbers: Tensor) -> tuple[Tensor, Tensor]:
         """x_i = emb(Z_i) + Linear(sum_j m_ij Phi(d_ij)); e_i = W sum_j m_ij Phi(d_ij) ⊗ r̂_ij (self edge: r̂ = 0)."""
         weighted = graph.mask[:, None] * graph.basis  # [e,K]
-        centrality = scatter_sum(weighted, graph.receiver, graph.num_atoms)
+        centrality = graph.sum_at_receivers(weighted)
         x = self.atom_embedding(numbers) + self.centrality(centrality)
-        directional = scatter_sum(graph.unit[:, :, None] * weighted[:, None, :], graph.receiver, graph.num_atoms)
+        directional = graph.sum_at_receivers(graph.unit[:, :, None] * weighted[:, None, :])
         return x, self.equivariant_embedding(directional)
 
     def born_charges(self, graph, x, e, batch, b, atoms_per_structure) -> Tensor:
@@ -387,11 +451,11 @@ class MTModel(nn.Module):
         """
         p, q, s = self.born_head(graph, x, e).unbind(-1)
         m, unit = graph.mask, graph.unit
-        mq, ms = m * gather(q, graph.sender), m * gather(s, graph.sender)
+        mq, ms = m * graph.at_senders(q), m * graph.at_senders(s)
         outer = unit[:, :, None] * unit[:, None, :]  # r̂_ij ⊗ r̂_ij = r̂_ji ⊗ r̂_ji
-        pair = scatter_sum((mq + ms * mq)[:, None, None] * outer, graph.receiver, graph.num_atoms)
-        a = scatter_sum(-ms[:, None] * unit, graph.receiver, graph.num_atoms)  # r̂_ki = -r̂_ik
-        b_vec = scatter_sum(mq[:, None] * unit, graph.receiver, graph.num_atoms)
+        pair = graph.sum_at_receivers((mq + ms * mq)[:, None, None] * outer)
+        a = graph.sum_at_receivers(-ms[:, None] * unit)  # r̂_ki = -r̂_ik
+        b_vec = graph.sum_at_receivers(mq[:, None] * unit)
         z = self.born_scale * p[:, None, None] * (pair + a[:, :, None] * b_vec[:, None, :])
         mean = scatter_sum(z, batch, b) / atoms_per_structure[:, None, None]
         return z - gather(mean, batch)
@@ -399,9 +463,9 @@ class MTModel(nn.Module):
     def dielectric(self, graph, x, e, batch, b, atoms_per_structure) -> Tensor:
         """eps = I + (1/N) sum_i sum_j m_ij p'_i q'_j r̂_ji ⊗ r̂_ji."""
         p, q = self.dielectric_head(graph, x, e).unbind(-1)
-        mq = graph.mask * gather(q, graph.sender)
+        mq = graph.mask * graph.at_senders(q)
         outer = graph.unit[:, :, None] * graph.unit[:, None, :]
-        per_atom = p[:, None, None] * scatter_sum(mq[:, None, None] * outer, graph.receiver, graph.num_atoms)
+        per_atom = p[:, None, None] * graph.sum_at_receivers(mq[:, None, None] * outer)
         eps = scatter_sum(per_atom, batch, b) / atoms_per_structure[:, None, None]
         return torch.eye(3, dtype=eps.dtype, device=eps.device) + self.dielectric_scale * eps
 
