@@ -35,7 +35,7 @@ import torch
 from ase.stress import voigt_6_to_full_3x3_stress
 from torch import Tensor
 
-from mtsim.graph import build_graph
+from mtsim.graph import build_graph, with_slots
 from mtsim.training.model import PROPERTIES
 
 PER_STRUCTURE = ("energy", "stress", "dielectric")
@@ -197,15 +197,16 @@ def collate(samples: Sequence[Sample], dtype: torch.dtype = torch.float64) -> Ba
     def cat(key: str) -> np.ndarray:
         return np.concatenate([s.graph[key] for s in samples])
 
-    inputs = {
-        "numbers": torch.from_numpy(cat("numbers")),
-        "positions": torch.from_numpy(cat("positions")).to(dtype),
-        "cell": torch.from_numpy(cat("cell")).to(dtype),
-        "batch": torch.from_numpy(np.repeat(np.arange(len(samples), dtype=np.int64), sizes)),
-        "edge_index": torch.from_numpy(
-            np.concatenate([s.graph["edge_index"] + o for s, o in zip(samples, offsets)], axis=1)),
-        "shifts": torch.from_numpy(cat("shifts")).to(dtype),
-    }
+    graph = with_slots({
+        "numbers": cat("numbers"),
+        "positions": cat("positions"),
+        "cell": cat("cell"),
+        "batch": np.repeat(np.arange(len(samples), dtype=np.int64), sizes),
+        "edge_index": np.concatenate([s.graph["edge_index"] + o for s, o in zip(samples, offsets)], axis=1),
+        "shifts": cat("shifts"),
+    })
+    inputs = {key: torch.from_numpy(value).to(dtype) if key in ("positions", "cell", "shifts")
+              else torch.from_numpy(value) for key, value in graph.items()}
     labels, masks = {}, {}
     for label in PROPERTIES:
         carried = [label in s.labels for s in samples]

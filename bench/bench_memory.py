@@ -1,0 +1,87 @@
+"""Peak memory of SDK single points, and the batcher's budget.
+
+    python bench/bench_memory.py [--model FILE] [--sizes 1000 10000] [--budget-gib 2]
+
+Each measurement runs in a fresh process (so one peak does not hide another): load the model, note the resident
+set size (RSS), predict, and report the peak RSS (``ru_maxrss``) above the RSS after loading, per atom and per edge,
+beside ``Model.estimate_bytes``. The single-point target is a 10^4-atom float32 structure within 12 GiB. Then a list
+of 512-atom structures is predicted with ``Model.memory_budget`` set to ``--budget-gib``: its peak must stay below
+the budget. Structures: rattled diamond Si (29 edges per atom within 5 Å, self edges included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+GIB = 2**30
+WORKER = r"""
+import json, resource, sys
+import numpy as np
+from ase.build import bulk
+import mtsim
+from mtsim.graph import build_graph
+
+def rss():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))
+
+model_path, n_atoms, copies, budget = json.loads(sys.argv[1])
+model = mtsim.load(model_path, device="cpu")
+k = max(1, round((n_atoms / 8) ** (1 / 3)))
+atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (k, k, k)
+atoms.rattle(0.02, seed=0)
+edges = int(build_graph([atoms], model.cutoff)["edge_index"].shape[1])
+estimate = model.estimate_bytes(edges)
+model.memory_budget = budget
+before = rss()
+model.predict([atoms] * copies if copies > 1 else atoms)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"atoms": len(atoms), "edges": edges, "estimate": estimate, "before": before, "peak": peak}))
+"""
+
+
+def measure(model, n_atoms: int, copies: int = 1, budget: float | None = None) -> dict:
+    arguments = json.dumps([model, n_atoms, copies, budget])
+    done = subprocess.run([sys.executable, "-c", WORKER, arguments], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"atoms": n_atoms, "error": done.stderr.strip().splitlines()[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="ONNX model file (default: the bundled model)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--budget-gib", type=float, default=2.0)
+    parser.add_argument("--copies", type=int, default=24, help="512-atom structures in the batcher test")
+    args = parser.parse_args()
+
+    print("single points (peak RSS above the RSS after loading the model)")
+    print(f"{'atoms':>7} {'edges':>8} {'peak GiB':>9} {'kB/atom':>8} {'kB/edge':>8} {'estimate GiB':>13} "
+          f"{'<= 12 GiB':>10}")
+    for n in args.sizes:
+        r = measure(args.model, n)
+        if "error" in r:
+            print(f"{n:>7} failed: {r['error']}")
+            continue
+        used = r["peak"] - r["before"]
+        fits = "yes" if r["peak"] <= 12 * GIB else "NO"
+        print(f"{r['atoms']:>7} {r['edges']:>8} {used / GIB:9.2f} {used / r['atoms'] / 1e3:8.1f} "
+              f"{used / r['edges'] / 1e3:8.1f} {r['estimate'] / GIB:13.2f} {fits:>10}")
+
+    budget = args.budget_gib * GIB
+    r = measure(args.model, 512, copies=args.copies, budget=budget)
+    print(f"\nbatcher: {args.copies} x 512 atoms with memory_budget = {args.budget_gib:g} GiB")
+    if "error" in r:
+        print(f"failed: {r['error']}")
+        return
+    used = r["peak"] - r["before"]
+    print(f"peak above loading: {used / GIB:.2f} GiB ({'within' if used <= budget else 'OVER'} the budget); one "
+          f"structure's estimate {r['estimate'] / GIB:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

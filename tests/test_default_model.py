@@ -1,0 +1,63 @@
+"""The bundled model: it loads with ``mtsim.load()``, declares every head and its provenance, and its ONNX files
+reproduce the shipped checkpoint they were exported from."""
+
+import json
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+import mtsim
+from mtsim.model import DEFAULT_MODEL, MODELS_DIR
+from mtsim.onnx_format import OUTPUT_NAMES, check_onnx_file
+
+PRECISIONS = ("float32", "float64")
+CHECKPOINT = MODELS_DIR / f"{DEFAULT_MODEL}.pt"
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_default_model_loads_and_declares_every_head(precision):
+    path = MODELS_DIR / f"{DEFAULT_MODEL}.{precision}.onnx"
+    assert path.stat().st_size < 20e6
+    model = mtsim.load(precision=precision, device="cpu")
+    assert model.path == path and model.precision == precision
+    meta = model.metadata
+    assert meta["model_name"] == DEFAULT_MODEL and meta["model_preset"] == "1M"
+    assert tuple(json.loads(meta["heads"])) == OUTPUT_NAMES
+    assert model.untrained_outputs == ("charges",)  # no Bader data: the charges head is untrained and says so
+    provenance = json.loads(meta["training_data"])
+    assert "CHGNet 0.3.0" in provenance["description"] and "MPtrj" in provenance["description"]
+    assert {f["file"] for f in provenance["files"]} == {"lab_train.extxyz", "lab_dfpt_train.extxyz"}
+    assert provenance["labels"]["born_charges"] > 0 and provenance["labels"]["charges"] == 0
+
+
+def test_default_model_predicts_sensible_silicon():
+    """Not a benchmark (bench/accuracy.py is): only that the shipped weights are trained ones, not a placeholder —
+    diamond Si at its experimental lattice constant is near zero stress, and compressing it raises the pressure."""
+    model = mtsim.load(device="cpu")
+    pressures = []
+    for a in (5.43, 5.25):
+        p = model.predict(bulk("Si", "diamond", a=a))
+        pressures.append(-np.trace(p.stress) / 3 / mtsim.units.GPA)
+        np.testing.assert_allclose(p.forces, 0.0, atol=1e-3)  # zero by symmetry
+        assert np.abs(p.born_charges).max() < 1.0  # non-polar covalent crystal: small Z*
+        assert 8.0 < np.trace(p.dielectric) / 3 < 16.0  # experiment: 11.7
+    assert abs(pressures[0]) < 5.0 and pressures[1] > pressures[0] + 5.0
+
+
+def test_shipped_files_come_from_the_shipped_checkpoint():
+    from mtsim.training.checkpoint import file_sha256
+
+    digest = file_sha256(CHECKPOINT)
+    for precision in PRECISIONS:
+        info = check_onnx_file(MODELS_DIR / f"{DEFAULT_MODEL}.{precision}.onnx")
+        assert info.metadata["source_checkpoint_sha256"] == digest
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_default_model_passes_export_parity_against_its_checkpoint(precision):
+    pytest.importorskip("torch")
+    from mtsim.converters.validate import validate_export
+
+    report = validate_export(CHECKPOINT, MODELS_DIR / f"{DEFAULT_MODEL}.{precision}.onnx")
+    assert report.passed, report.table("worst")
