@@ -60,7 +60,8 @@ def main():
     neighbor_list(np.zeros((1, 3)), np.eye(3), True, 1.0)
     print(f"mtsim first call (compile or load numba cache): {time.perf_counter() - start:.2f} s\n")
 
-    header = f"{'atoms':>7} {'pairs':>9} | {'library':<7} {'median ms':>10} {'min-max ms':>17} {'x mtsim':>8}"
+    header = (f"{'atoms':>7} {'pairs':>9} | {'library':<7} {'median ms':>10} {'min-max ms':>17} {'x mtsim':>8} "
+              f"{'us/atom':>8}")
     print(header)
     print("-" * len(header))
     for n_atoms in args.sizes:
@@ -79,7 +80,8 @@ def main():
             median = statistics.median(times[library])
             print(
                 f"{n_atoms:>7} {n_pairs[library]:>9} | {library:<7} {1e3 * median:>10.2f} "
-                f"{1e3 * min(times[library]):>8.2f}-{1e3 * max(times[library]):<8.2f} {median / reference:>8.2f}"
+                f"{1e3 * min(times[library]):>8.2f}-{1e3 * max(times[library]):<8.2f} {median / reference:>8.2f} "
+                f"{1e6 * median / n_atoms:>8.3f}"
             )
         if n_atoms > args.ase_max_atoms:
             print(f"{n_atoms:>7} {'':>9} | {'ase':<7} {'skipped (> --ase-max-atoms)':>37}")
