@@ -112,7 +112,8 @@ class Model:
     ``metadata``: the ONNX metadata dict; ``elements``: supported atomic numbers; ``cutoff`` (Å); ``neighbors``:
     the neighbour-list kernel (``"cuda"`` when the model runs on a GPU and numba-cuda is usable, else ``"cpu"``);
     ``precision``: ``"float32"`` or ``"float64"``; ``device``: ``"cpu"`` or ``"cuda"``; ``memory_budget``:
-    bytes one evaluation may use (None: 80 % of the memory available at each call); ``untrained_outputs``:
+    bytes one evaluation may use (None: 80 % of the memory available at each call); ``io_binding``: evaluate
+    through onnxruntime's IOBinding (on by default on a GPU; same numbers as a plain run); ``untrained_outputs``:
     outputs whose head was never trained (the graph still returns numbers for them; they are not predictions).
     """
 
@@ -124,17 +125,28 @@ class Model:
         self.memory_budget = memory_budget
         self.device = resolve_device(device)
         self.neighbors = "cuda" if self.device == "cuda" and cuda_available() else "cpu"
-        providers = (["CUDAExecutionProvider"] if self.device == "cuda" else []) + ["CPUExecutionProvider"]
         options = ort.SessionOptions()
+        providers = ["CPUExecutionProvider"]
+        if self.device == "cuda":
+            # full float32 matrix products (no TF32); and no memory reuse between nodes: with it, onnxruntime 1.31's
+            # CUDA provider hands one small shape tensor's buffer to another and the graph fails or computes wrong
+            # shapes (found on an H100; fine on the CPU provider)
+            providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
+            options.enable_mem_reuse = False
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3
         if not self.path.is_file():
             raise OnnxFileNotFoundError(f"model file not found: {self.path}")
+        if self.device == "cuda" and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels of the cuda extra, where installed
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for corrupt files
             raise CorruptOnnxError(f"{self.path} is not a readable ONNX model (corrupt or truncated): {err}") from None
+        if self.device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise RuntimeError("onnxruntime could not start its CUDA provider (are CUDA 13 and cuDNN 9 installed? "
+                               "pip install 'mtsim[cuda]'); load the model with device='cpu' to run on the CPU")
         info = check_mtsim_metadata(session_info(self.path, self.session))
         self.metadata = info.metadata
         self.cutoff = info.cutoff
@@ -142,6 +154,7 @@ class Model:
         self.dtype = np.dtype(self.precision)
         self.elements = info.elements
         self.untrained_outputs = tuple(json.loads(self.metadata.get("untrained_outputs", "[]")))
+        self.io_binding = self.device == "cuda"
 
     def __repr__(self) -> str:
         return (f"mtsim.Model({self.metadata.get('model_name', '?')}, {self.precision}, device={self.device!r}, "
@@ -161,8 +174,22 @@ class Model:
         for name in ("positions", "cell", "shifts"):
             if inputs[name].dtype != self.dtype:
                 raise ValueError(f"input {name!r} is {inputs[name].dtype}, but this model file is {self.precision}")
-        outputs = self.session.run(list(PROPERTIES), {name: inputs[name] for name in INPUT_NAMES})
-        return dict(zip(PROPERTIES, outputs))
+        feeds = {name: inputs[name] for name in INPUT_NAMES}
+        if self.io_binding:
+            return self._evaluate_bound(feeds)
+        return dict(zip(PROPERTIES, self.session.run(list(PROPERTIES), feeds)))
+
+    def _evaluate_bound(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """IOBinding: each input is copied to the session's device once and the outputs are allocated there by
+        onnxruntime, then copied back together (no per-output synchronisation)."""
+        device = "cuda" if self.device == "cuda" else "cpu"
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in PROPERTIES:
+            binding.bind_output(name, device)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(PROPERTIES, binding.copy_outputs_to_cpu()))
 
     def estimate_bytes(self, edges: int) -> float:
         """Estimated peak memory (bytes) of one evaluation with ``edges`` edges.

@@ -14,7 +14,7 @@ from ase.neighborlist import neighbor_list
 
 pytest.importorskip("torch")
 
-from mtsim.training.builders import dfpt, structures, teacher  # noqa: E402
+from mtsim.training.builders import allegro_pol, dfpt, structures, teacher  # noqa: E402
 from mtsim.training.data import AtomsDataset, read_frames  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------- DFPT builder
@@ -322,3 +322,45 @@ def test_teacher_labels_match_chgnet_calculator_and_energy_derivative(chgnet_mod
     sample = AtomsDataset.from_files([tmp_path / "l.extxyz"], cutoff=5.0)[0]
     np.testing.assert_allclose(sample.labels["stress"], stress, atol=1e-8)
     assert set(sample.labels) == {"energy", "forces", "stress", "magmoms", "born_charges", "dielectric"}
+
+
+def allegro_pol_frames(count: int) -> list[ase.Atoms]:
+    """Frames in the layout of the allegro-pol files (energy in info, ASE-readable forces/stress)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(count):
+        atoms = ase.Atoms("SiO2", positions=rng.uniform(0, 4, (3, 3)), cell=np.diag([4.0, 4.5, 5.0]), pbc=True)
+        atoms.info["total_energy"] = -100.0 - k
+        atoms.info["polarizability"] = (np.eye(3) * (1.0 + k)).reshape(9)
+        atoms.arrays["born_charge"] = rng.normal(size=(3, 9))
+        atoms.calc = SinglePointCalculator(atoms, forces=rng.normal(size=(3, 3)),
+                                           stress=rng.normal(size=6))
+        frames.append(atoms)
+    return frames
+
+
+def test_allegro_pol_conversion_and_block_split(tmp_path):
+    frames = allegro_pol_frames(8)
+    ase.io.write(tmp_path / "src.xyz", frames, format="extxyz")
+    manifest = allegro_pol.build(tmp_path / "src.xyz", tmp_path / "out", fractions=(0.5, 0.25, 0.25))
+    assert manifest["splits"] == {"train": [0, 4], "val": [4, 6], "test": [6, 8]}  # blocks in file order
+    test = read_frames(tmp_path / "out" / "test.extxyz")
+    assert [a.info["source_index"] for a in test] == [6, 7]
+    for atoms in test:
+        source = frames[atoms.info["source_index"]]
+        volume = source.get_volume()
+        expected_eps = np.eye(3) + np.reshape(source.info["polarizability"], (3, 3)) / (allegro_pol.EPSILON_0 * volume)
+        labels = AtomsDataset.from_atoms([atoms], cutoff=3.0).samples[0].labels
+        assert labels["energy"] == pytest.approx(source.info["total_energy"])
+        np.testing.assert_allclose(labels["forces"], source.get_forces())
+        np.testing.assert_allclose(labels["stress"], source.get_stress(voigt=False))
+        np.testing.assert_allclose(labels["born_charges"], source.arrays["born_charge"].reshape(-1, 3, 3))
+        np.testing.assert_allclose(labels["dielectric"], expected_eps)
+
+
+def test_allegro_pol_rejects_other_files(tmp_path):
+    atoms = ase.Atoms("Si", cell=np.eye(3) * 3, pbc=True)
+    with pytest.raises(ValueError, match="not an allegro-pol frame"):
+        allegro_pol.convert_frame(atoms, 0)

@@ -200,6 +200,20 @@ def test_precision_is_never_silently_changed(exported, sdk_model):
         sdk_model.evaluate(inputs)
 
 
+def test_io_binding_gives_the_same_numbers(exported):
+    """The GPU path (IOBinding) run on the CPU provider: bitwise the outputs of a plain session run."""
+    from mtsim.graph import build_graph
+
+    model = mtsim.load(exported[1], device="cpu")
+    assert not model.io_binding  # on by default only on a GPU
+    inputs = build_graph(structures(), model.cutoff, dtype=model.dtype)
+    plain = model.evaluate(inputs)
+    model.io_binding = True
+    bound = model.evaluate(inputs)
+    for name in mtsim.model.PROPERTIES:
+        assert bound[name].dtype == plain[name].dtype and np.array_equal(bound[name], plain[name]), name
+
+
 def test_bundled_model_missing_is_named(monkeypatch, tmp_path):
     monkeypatch.setattr(mtsim.model, "MODELS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="bundled default model is missing"):

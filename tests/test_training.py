@@ -19,6 +19,7 @@ from click.testing import CliRunner  # noqa: E402
 from mtsim.cli import main  # noqa: E402
 from mtsim.graph import build_graph  # noqa: E402
 from mtsim.training import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from mtsim.training.checkpoint import file_sha256  # noqa: E402
 from mtsim.training.config import ConfigError, TrainConfig, load_config  # noqa: E402
 from mtsim.training.data import AtomsDataset, collate, extract_labels  # noqa: E402
 from mtsim.training.loss import DEFAULT_WEIGHTS, multitask_loss  # noqa: E402
@@ -267,11 +268,11 @@ def test_finetuning_freezes_the_backbone_and_reinitialises_heads(tmp_path, data_
     assert not torch.equal(trainer.model.energy_head.mlp[3].weight, start["energy_head.mlp.3.weight"])
     assert not torch.equal(trainer.model.born_head.mlp[3].weight, start["born_head.mlp.3.weight"])
     assert [g["name"] for g in trainer.optimizer.param_groups] == ["head"]
-    assert load_checkpoint(trainer.last_path).metadata["finetuned_from"].endswith("pretrained.pt")
+    base = load_checkpoint(trainer.last_path).metadata["finetuned_from"]
+    assert base == {"file": "pretrained.pt", "sha256": file_sha256(tmp_path / "pretrained.pt")}
 
 
 def test_provenance_names_untrained_heads_and_data(tmp_path, data_file, dataset):
-    from mtsim.training.checkpoint import file_sha256
     from mtsim.training.exporter import export_metadata
 
     config = make_config(data_file, tmp_path / "run", loss={"charges": 0.0, "magmoms": 0.0})

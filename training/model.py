@@ -84,8 +84,16 @@ def padded_rows(src: Tensor, slots: Tensor) -> Tensor:
 def slot_max(src: Tensor, slots: Tensor) -> Tensor:
     """[n,...]: the maximum of ``src`` over each atom's edges (padding repeats the atom's first edge, so every atom
     needs one: the self edge)."""
-    filled = torch.where(slots < src.shape[0], slots, slots[:, :1].expand_as(slots))
+    filled = torch.where(slots < src.shape[0], slots, slots[:, :1])
     return src.index_select(0, filled.reshape(-1)).view(*slots.shape, *src.shape[1:]).amax(1)
+
+
+def channel_chunks(x: Tensor, parts: int) -> tuple[Tensor, ...]:
+    """``x.chunk(parts, dim=-1)`` as ``unflatten`` + ``unbind``: exported as ``Slice``/``Squeeze`` with a
+    ``Concat`` backward, which every onnxruntime provider runs. (``chunk``/``split`` export as ``SplitToSequence``,
+    which the CUDA provider lacks, so whole edge tensors went to the CPU and back; plain slices have a
+    zeros + ``ScatterND`` backward.)"""
+    return x.unflatten(-1, (parts, x.shape[-1] // parts)).unbind(-2)
 
 
 class EdgeSum(torch.autograd.Function):
@@ -243,7 +251,7 @@ class InvSelfAttention(Attention):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, graph: Graph, x: Tensor) -> Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = channel_chunks(self.qkv(x), 3)
         return self.out(self.attend(graph, q, k, v))
 
 
@@ -256,7 +264,7 @@ class EquSelfAttention(Attention):
         self.out = nn.Linear(dim, dim, bias=False)
 
     def forward(self, graph: Graph, e: Tensor) -> Tensor:
-        q, k, v = self.qkv(e).chunk(3, dim=-1)
+        q, k, v = channel_chunks(self.qkv(e), 3)
         return self.out(self.attend(graph, q, k, v, components=3))
 
 
@@ -270,7 +278,7 @@ class InvCrossAttention(Attention):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, graph: Graph, x: Tensor, e: Tensor) -> Tensor:
-        k1, k2, v1, v2 = self.kv(e).chunk(4, dim=-1)
+        k1, k2, v1, v2 = channel_chunks(self.kv(e), 4)
         k = (k1 * k2).sum(1) / math.sqrt(3.0)
         v = (v1 * v2).sum(1) / math.sqrt(3.0)
         return self.out(self.attend(graph, self.q(x), k, v))
@@ -287,8 +295,8 @@ class EquCrossAttention(Attention):
         self.out = nn.Linear(dim, dim, bias=False)
 
     def forward(self, graph: Graph, x: Tensor, e: Tensor) -> Tensor:
-        kx, vx = self.kv_x(x).chunk(2, dim=-1)
-        ke, ve = self.kv_e(e).chunk(2, dim=-1)
+        kx, vx = channel_chunks(self.kv_x(x), 2)
+        ke, ve = channel_chunks(self.kv_e(e), 2)
         k = kx[:, None, :] * ke
         v = vx[:, None, :] * ve
         return self.out(self.attend(graph, self.q(e), k, v, components=3))

@@ -112,7 +112,8 @@ def prepare_model(config: TrainConfig, train_set: AtomsDataset) -> MTModel:
         fresh_heads = tuple(HEADS)
     else:
         model = load_checkpoint(tuning.checkpoint).to(dtype)
-        model.metadata["finetuned_from"] = os.path.abspath(tuning.checkpoint)
+        model.metadata["finetuned_from"] = {"file": os.path.basename(tuning.checkpoint),
+                                            "sha256": file_sha256(tuning.checkpoint)}
         reinitialise_heads(model, tuning.reinit_heads, config.seed)
         fresh_heads = tuple(tuning.reinit_heads)
     if config.normalise:

@@ -2,8 +2,8 @@
 # Builds the training data of the bundled model mtsim-default (see sdk/models/README.md).
 #   examples/default_model/build_data.sh PHONONDB_DIR [OUT_DIR]
 # PHONONDB_DIR: the phonondb_bec_eps folder (e.g. ../shared/data/phonondb_bec_eps). OUT_DIR: default data/ beside
-# this script, where train.yaml looks. Needs the teacher extra: pip install -e ".[train,teacher]". About 10 minutes
-# on 2 CPU cores. Every step is seeded: the same inputs give the same files.
+# this script, where train.yaml, stage2.yaml and stage3.yaml look. Needs the teacher extra: pip install -e
+# ".[train,teacher]". About 40 minutes on 2 CPU cores. Every step is seeded: the same inputs give the same files.
 set -euo pipefail
 phonondb=$(realpath "${1:?usage: build_data.sh PHONONDB_DIR [OUT_DIR]}")
 out=${2:-$(dirname "$0")/data}
@@ -16,8 +16,10 @@ python -m mtsim.training.builders.dfpt --data "$phonondb" --out dfpt --quiet
 $structures --out gen_train.extxyz --size 10000 --seed 0
 $structures --out gen_val.extxyz --size 500 --seed 2
 $structures --out gen_heldout.extxyz --size 250 --seed 1
+$structures --out gen_train2.extxyz --size 30000 --seed 3   # the further training data of stages 2 and 3
 # CHGNet 0.3.0 energies, forces, stresses, |magmoms|; the DFPT files keep their Born charges and eps_inf
 $teacher --data gen_train.extxyz --out lab_train.extxyz
+$teacher --data gen_train2.extxyz --out lab_train2.extxyz
 $teacher --data gen_val.extxyz --out lab_val.extxyz
 $teacher --data gen_heldout.extxyz --out lab_heldout.extxyz
 $teacher --data dfpt/train.extxyz --out lab_dfpt_train.extxyz
