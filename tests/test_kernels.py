@@ -288,3 +288,30 @@ def test_cuda_kernel_on_simulator_equals_cpu():
         [sys.executable, "-c", CUDA_SIMULATOR_SCRIPT], env=environment, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0 and "CUDA_SIMULATOR_OK" in result.stdout, result.stderr[-4000:]
+
+
+BROKEN_CUDA_SCRIPT = textwrap.dedent(
+    """
+    import warnings
+    import mtsim.kernels.cuda
+    from mtsim.kernels import cuda_available
+
+    def broken(*args, **kwargs):
+        raise AttributeError("module 'numpy' has no attribute 'row_stack'")  # seen with numba-cuda on numpy 2.5
+
+    mtsim.kernels.cuda.neighbor_list_cuda = broken
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not cuda_available()
+    assert any("CUDA neighbour-list kernel does not run here" in str(w.message) for w in caught), caught
+    print("BROKEN_CUDA_OK")
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="numba-cuda not installed")
+def test_a_cuda_kernel_that_fails_is_reported_and_not_used():
+    environment = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    result = subprocess.run([sys.executable, "-c", BROKEN_CUDA_SCRIPT], env=environment, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "BROKEN_CUDA_OK" in result.stdout, result.stderr[-4000:]
