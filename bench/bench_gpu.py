@@ -120,7 +120,6 @@ def main() -> None:
     print("\nOne evaluation, every head, float32 (ms: median (min-max)); eager/x > 1: x is faster than eager")
     print(f"{'atoms':>6} {'edges':>8} {'eager (device)':>22} {'ORT IOBinding (device)':>24} {'SDK from numpy':>22} "
           f"{'eager/ORT':>9} {'eager/SDK':>9} {'SDK atom-steps/s':>16}")
-    rows = []
     for n in args.sizes:
         atoms = si_cell(n)
         graph = build_graph([atoms], sdk.cutoff, dtype=np.float32)
@@ -148,10 +147,8 @@ def main() -> None:
         t_sdk = timed(lambda: sdk.predict(atoms), repeats)
         m_eager, m_ort, m_sdk = (statistics.median(t) for t in (t_eager, t_ort, t_sdk))
         print(f"{n:>6} {edges:>8} {summary(t_eager):>22} {summary(t_ort):>24} {summary(t_sdk):>22} "
-              f"{m_eager / m_ort:>9.2f} {m_eager / m_sdk:>9.2f} {n / m_sdk:>16,.0f}   (eager peak {eager_peak:.2f} GiB)")
-        rows.append((n, m_eager, m_ort, m_sdk))
-        del on_gpu, binding, values
-        torch.cuda.empty_cache()
+              f"{m_eager / m_ort:>9.2f} {m_eager / m_sdk:>9.2f} {n / m_sdk:>16,.0f}   "
+              f"(eager peak {eager_peak:.2f} GiB)")
 
     if args.md_steps:
         md_table(sdk, args)
@@ -187,9 +184,10 @@ def md_table(sdk, args) -> None:
 
 
 def neighbor_table() -> None:
+    from numba import cuda
+
     from mtsim.kernels import neighbor_list
     from mtsim.kernels.cuda import neighbor_list_cuda
-    from numba import cuda
 
     print("\nNeighbour list, r_c = 5 Å (ms: median (min-max)); CUDA on device arrays, edges left on the GPU")
     print(f"{'atoms':>7} {'edges':>9} {'CPU kernel':>20} {'CUDA kernel':>20} {'CPU/CUDA':>9}")
