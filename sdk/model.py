@@ -112,7 +112,8 @@ class Model:
     ``metadata``: the ONNX metadata dict; ``elements``: supported atomic numbers; ``cutoff`` (Å); ``neighbors``:
     the neighbour-list kernel (``"cuda"`` when the model runs on a GPU and numba-cuda is usable, else ``"cpu"``);
     ``precision``: ``"float32"`` or ``"float64"``; ``device``: ``"cpu"`` or ``"cuda"``; ``memory_budget``:
-    bytes one evaluation may use (None: 80 % of the memory available at each call); ``io_binding``: evaluate
+    bytes one evaluation may use (None: 80 % of the memory available at each call; given at load, it also turns
+    onnxruntime's CPU memory arena off so that the peak stays within it, calls may be slower); ``io_binding``: evaluate
     through onnxruntime's IOBinding (on by default on a GPU; same numbers as a plain run); ``untrained_outputs``:
     outputs whose head was never trained (the graph still returns numbers for them; they are not predictions).
     """
@@ -135,6 +136,10 @@ class Model:
             options.enable_mem_reuse = False
         if threads is not None:
             options.intra_op_num_threads = int(threads)
+        if memory_budget is not None:
+            # onnxruntime's CPU arena keeps its high-water mark across calls (batches of different sizes grew it
+            # to 1.5x the budget); without it every call returns its memory, at some speed cost
+            options.enable_cpu_mem_arena = False
         options.log_severity_level = 3
         if not self.path.is_file():
             raise OnnxFileNotFoundError(f"model file not found: {self.path}")
@@ -282,14 +287,15 @@ def _batches(items: list[Structure], batch_size: int | None):
 
 
 def load(model: str | os.PathLike | None = None, device: str = "auto", precision: str | None = None,
-         threads: int | None = None) -> Model:
+         threads: int | None = None, memory_budget: float | None = None) -> Model:
     """Load an mtsim ONNX model (``None``: the bundled default). ``device``: ``"auto"``, ``"cpu"`` or ``"cuda"``;
-    ``precision``: ``"float32"``/``"float64"`` picks between files of one stem; ``threads``: intra-op threads."""
+    ``precision``: ``"float32"``/``"float64"`` picks between files of one stem; ``threads``: intra-op threads;
+    ``memory_budget``: bytes per evaluation (see ``Model``)."""
     if precision not in (None, "float32", "float64"):
         raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
     device = resolve_device(device)
     path = find_model_file(model, precision)
-    loaded = Model(path, device=device, threads=threads)
+    loaded = Model(path, device=device, threads=threads, memory_budget=memory_budget)
     if precision is not None and loaded.precision != precision:
         raise ValueError(f"{path} is a {loaded.precision} model, but precision={precision!r} was asked for")
     return loaded

@@ -263,6 +263,14 @@ def test_cli_predict(exported, tmp_path):
     assert result.exit_code != 0 and "cannot read" in result.output
 
 
+def test_memory_budget_at_load_turns_the_cpu_arena_off(exported):
+    """A budget given at load is kept call by call: no onnxruntime arena holding its high-water mark."""
+    assert mtsim.load(exported[1], device="cpu").session.get_session_options().enable_cpu_mem_arena
+    budgeted = mtsim.load(exported[1], device="cpu", memory_budget=2**30)
+    assert budgeted.memory_budget == 2**30
+    assert not budgeted.session.get_session_options().enable_cpu_mem_arena
+
+
 def test_memory_budget_splits_batches_and_refuses_early(exported):
     model = mtsim.load(exported[1], device="cpu")
     items = structures()
