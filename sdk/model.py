@@ -187,12 +187,11 @@ class Model:
     def _evaluate_bound(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """IOBinding: each input is copied to the session's device once and the outputs are allocated there by
         onnxruntime, then copied back together (no per-output synchronisation)."""
-        device = "cuda" if self.device == "cuda" else "cpu"
         binding = self.session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in PROPERTIES:
-            binding.bind_output(name, device)
+            binding.bind_output(name, self.device)
         self.session.run_with_iobinding(binding)
         return dict(zip(PROPERTIES, binding.copy_outputs_to_cpu()))
 
