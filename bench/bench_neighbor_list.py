@@ -25,11 +25,14 @@ def make_structure(n_atoms, density=0.08, seed=0):
 
 
 def time_round_robin(runs, repeats):
-    """Wall times of each run, called in turn (fair under fluctuating machine load)."""
+    """Wall times of each run, called in turn (fair under fluctuating machine load); the order rotates every
+    round, so that no library always runs right after ASE's slow Python call has flushed the caches."""
     times = {name: [] for name in runs}
     n_pairs = {name: len(run()[0]) for name, run in runs.items()}  # warm-up
-    for _ in range(repeats):
-        for name, run in runs.items():
+    names = list(runs)
+    for k in range(repeats):
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            run = runs[name]
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)

@@ -134,6 +134,13 @@ class Model:
             # shapes (found on an H100; fine on the CPU provider)
             providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
             options.enable_mem_reuse = False
+        else:
+            # onnxruntime's memory pattern is planned per input shape: the first two calls of each new shape (a
+            # rebuilt neighbour list in MD) ran 2-3x slower and from the second call on it held a second copy of
+            # every buffer (1,000 atoms: peak 2.98 GiB instead of 1.50); nodes run in graph order, which frees
+            # edge tensors earlier (peak 1.27 GiB) at the same speed
+            options.enable_mem_pattern = False
+            options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         if memory_budget is not None:
@@ -198,9 +205,9 @@ class Model:
     def estimate_bytes(self, edges: int) -> float:
         """Estimated peak memory (bytes) of one evaluation with ``edges`` edges.
 
-        Measured on the CPU for the 1M preset in float32: 56 kB per edge (``BYTES_PER_EDGE_CHANNEL_MODULE`` times
-        the channels, the attention modules (4 per block + 5 heads) and the float size), linear in the edges from
-        200 to 1000 atoms.
+        Measured on the CPU for the 1M preset in float32: 24.8 and 26.2 kB per edge at 1,000 and 10,648 atoms
+        (two calls, onnxruntime's arena on); the estimate is ``BYTES_PER_EDGE_CHANNEL_MODULE`` times the channels,
+        the attention modules (4 per block + 5 heads) and the float size, 28 kB per edge here.
         """
         config = json.loads(self.metadata.get("model_config", "{}"))
         modules = 4 * config.get("num_blocks", 2) + 5
@@ -256,7 +263,7 @@ class Model:
 
 ATOM_BUDGET = 2048
 """Atoms per batch when evaluating lists of structures."""
-BYTES_PER_EDGE_CHANNEL_MODULE = 8.5
+BYTES_PER_EDGE_CHANNEL_MODULE = 4.2
 """Peak memory per edge, channel, attention module and byte of float (onnxruntime CPU, measured)."""
 
 

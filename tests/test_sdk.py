@@ -214,6 +214,26 @@ def test_io_binding_gives_the_same_numbers(exported):
         assert bound[name].dtype == plain[name].dtype and np.array_equal(bound[name], plain[name]), name
 
 
+def test_cpu_session_options_change_memory_not_numbers(exported):
+    """The CPU session runs nodes in graph order without onnxruntime's memory pattern (lower peak memory, see
+    bench/README.md); the outputs are bitwise those of a session with onnxruntime's default options, at two
+    sizes in a row (a new shape, as after a neighbour-list rebuild)."""
+    import onnxruntime as ort
+
+    from mtsim.graph import build_graph
+
+    model = mtsim.load(exported[1], device="cpu")
+    options = model.session.get_session_options()
+    assert not options.enable_mem_pattern and options.execution_order == ort.ExecutionOrder.PRIORITY_BASED
+    default = ort.InferenceSession(str(exported[1]), providers=["CPUExecutionProvider"])
+    for items in (structures(), structures()[:1]):
+        inputs = build_graph(items, model.cutoff, dtype=model.dtype)
+        ours = model.evaluate(inputs)
+        theirs = default.run(list(mtsim.model.PROPERTIES), {name: inputs[name] for name in mtsim.model.INPUT_NAMES})
+        for name, value in zip(mtsim.model.PROPERTIES, theirs):
+            assert np.array_equal(ours[name], value), name
+
+
 def test_bundled_model_missing_is_named(monkeypatch, tmp_path):
     monkeypatch.setattr(mtsim.model, "MODELS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="bundled default model is missing"):

@@ -396,6 +396,8 @@ def test_ensemble_uncertainty_ranks_structures(dataset):
     scores = ensemble_uncertainty(different, frames, batch_size=3)
     assert scores.shape == (4,) and np.all(scores > 0)
     order, all_scores = rank_by_uncertainty(different, frames, max_count=2)
-    assert order == list(np.argsort(-scores)[:2]) and np.array_equal(all_scores, scores)
+    # other batches (default 16 vs 3 here): matrix-product blocking may round differently in the last bits
+    np.testing.assert_allclose(all_scores, scores, rtol=1e-6)
+    assert order == list(np.argsort(-scores)[:2])
     above, _ = rank_by_uncertainty(different, frames, threshold=float(np.median(scores)))
     assert set(above) == {k for k in range(4) if scores[k] > np.median(scores)}

@@ -182,8 +182,94 @@ def simplify(graph_module) -> int:
     return removed
 
 
-def trace(model: MTModel, dtype: torch.dtype):
-    """The forward+backward aten graph of ``model`` (a ``torch.fx.GraphModule`` with symbolic sizes)."""
+def _shape(node) -> tuple[str, ...] | None:
+    value = node.meta.get("val") if hasattr(node, "meta") else None
+    return tuple(str(size) for size in value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def drop_broadcast_expands(graph_module) -> int:
+    """Let element-wise ops broadcast instead of reading a materialised ``expand``: autograd's backward of a sum
+    expands the gradient (e.g. [e,3,8,1] -> [e,3,8,16]), a view in eager but a copy in onnxruntime (its ``Expand``
+    of a size-1 innermost dim cost more than the two products that read it). Where the other operand already has
+    the expanded shape, broadcasting gives the same numbers. Returns the number of inputs rewired."""
+    aten = torch.ops.aten
+    broadcasting = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.div.Tensor}
+    rewired = 0
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_function" or node.target != aten.expand.default:
+            continue
+        for user in list(node.users):
+            if user.target not in broadcasting or len(user.args) != 2 or user.args[0] is user.args[1]:
+                continue
+            other = user.args[1] if user.args[0] is node else user.args[0]
+            if isinstance(other, torch.fx.Node) and _shape(other) == _shape(node) is not None:
+                user.replace_input_with(node, node.args[0])
+                rewired += 1
+    graph_module.graph.eliminate_dead_code()
+    graph_module.recompile()
+    return rewired
+
+
+REMATERIALIZE_GAP = 40
+"""Graph nodes between two uses of a gathered edge tensor beyond which the later use gathers again."""
+
+
+def rematerialize_gathers(graph_module) -> int:
+    """Gather again (``index_select``, atoms -> edges) right before each use far from the previous one, typically
+    in the backward pass, instead of keeping the edge tensor alive in between: the atom tensor it reads is e/n
+    (~30) times smaller.
+
+    onnxruntime runs a node soon after its inputs exist, so a copy that only read the atom tensor and the edge
+    index would run early again. Each copy's index therefore also reads the latest other input of the copy's
+    first use, ``index + 0 * sum(t[:1] == t[:1])`` (zero, also for NaN or an empty t), which holds it back until
+    that input exists. Returns the number of copies added."""
+    aten = torch.ops.aten
+    graph = graph_module.graph
+    order = {node: k for k, node in enumerate(graph.nodes)}
+    added = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != aten.index_select.default:
+            continue
+        holder, last = node, order[node]
+        for user in sorted(node.users, key=order.get):
+            if order[user] - last > REMATERIALIZE_GAP:
+                holder = _late_gather(graph, node, user, order)
+                added += 1
+            if holder is not node:
+                user.replace_input_with(node, holder)
+            last = order[user]
+    graph.eliminate_dead_code()
+    graph.lint()
+    graph_module.recompile()
+    return added
+
+
+def _late_gather(graph, gather, user, order):
+    """A copy of ``gather`` placed before ``user`` whose index also depends on ``user``'s latest other input."""
+    aten = torch.ops.aten
+    source, dim, index = gather.args
+    others = [a for a in user.all_input_nodes if a is not gather and isinstance(a.meta.get("val"), torch.Tensor)]
+    with graph.inserting_before(user):
+        if others:
+            latest = max(others, key=order.get)
+            first = graph.call_function(aten.slice.Tensor, (graph.call_function(aten.reshape.default, (latest, [-1])),
+                                                            0, 0, 1))
+            same = graph.call_function(aten._to_copy.default, (graph.call_function(aten.eq.Tensor, (first, first)),),
+                                       {"dtype": source.meta["val"].dtype})
+            zero = graph.call_function(aten.mul.Tensor, (graph.call_function(aten.sum.default, (same,)), 0))
+            index = graph.call_function(aten.add.Tensor, (index, graph.call_function(
+                aten._to_copy.default, (zero,), {"dtype": torch.int64})))
+        copy = graph.call_function(gather.target, (source, dim, index), gather.kwargs)
+    copy.meta = dict(gather.meta)
+    for node in graph.nodes:  # the new nodes sit just before user in the order
+        order.setdefault(node, order[user] - 0.5)
+    return copy
+
+
+def trace(model: MTModel, dtype: torch.dtype, rewrite: bool = True):
+    """The forward+backward aten graph of ``model`` (a ``torch.fx.GraphModule`` with symbolic sizes), with full
+    slices removed and, with ``rewrite``, the exact rewrites for onnxruntime's CPU provider
+    (``drop_broadcast_expands``, ``rematerialize_gathers``)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     module = ForceStressModule(model).eval()
@@ -192,6 +278,9 @@ def trace(model: MTModel, dtype: torch.dtype):
         graph_module = make_fx(module, tracing_mode="symbolic", decomposition_table=_decompositions(),
                                _allow_non_fake_inputs=True)(*args)
     simplify(graph_module)
+    if rewrite:
+        drop_broadcast_expands(graph_module)
+        rematerialize_gathers(graph_module)
     return graph_module, args
 
 
