@@ -8,7 +8,8 @@
 1. Distillation vs the CHGNet teacher on ``lab_heldout.extxyz``: MAE of energy (meV/atom), forces (eV/Å, per
    component), stress (GPa, per component of the 3x3 tensor) and magmoms (μB), beside a trivial baseline
    (energy: the set's mean energy per atom, the paper's "dummy predictor"; forces and stress: zero; magmoms: the
-   set's mean moment).
+   set's mean moment). Then energy and stress by the generator's tags: ``category`` (phonondb crystal, element
+   or binary prototype) and ``kind`` (rattle, strain, compress).
 2. DFPT test split: Z* MAE (e, all 9 components of every atom) and eps_inf MAE (9 components per structure),
    beside the baseline Z* = 0, eps_inf = identity.
 3. 3C-SiC: FIRE cell relaxation -> a (Å); Z*_Si,xx (e) and eps_inf,xx there; phonons (4x4x4 supercell of the
@@ -122,7 +123,18 @@ def distillation(model, path: Path) -> dict:
                  "stress": np.abs(s_model - s_ref).mean(), "magmoms": np.abs(m_model - m_ref).mean()}
     baseline_mae = {"energy": 1000 * np.abs(e_ref - e_ref.mean()).mean(), "forces": np.abs(f_ref).mean(),
                     "stress": np.abs(s_ref).mean(), "magmoms": np.abs(m_ref - m_ref.mean()).mean()}
-    return {"structures": len(frames), "atoms": int(n_atoms.sum()), "mae": model_mae, "baseline_mae": baseline_mae}
+    e_error = 1000 * np.abs(e_model - e_ref)
+    s_error = np.abs(s_model - s_ref).mean(axis=(1, 2))
+    groups = {}  # by the generator's tags: where the structure came from and how it was perturbed
+    for key in ("category", "kind"):
+        tags = np.array([str(a.info.get(key, "?")) for a in frames])
+        for tag in sorted(set(tags)):
+            chosen = tags == tag
+            groups[f"{key}={tag}"] = {"structures": int(chosen.sum()), "energy": e_error[chosen].mean(),
+                                      "energy_median": float(np.median(e_error[chosen])),
+                                      "stress": s_error[chosen].mean()}
+    return {"structures": len(frames), "atoms": int(n_atoms.sum()), "mae": model_mae, "baseline_mae": baseline_mae,
+            "energy_median": float(np.median(e_error)), "groups": groups}
 
 
 def print_distillation(result: dict) -> None:
@@ -138,6 +150,9 @@ def print_distillation(result: dict) -> None:
         rows.append([label, result["mae"][key], result["baseline_mae"][key], baselines[key],
                      "-" if target is None else f"<= {target:g}", verdict(result["mae"][key], target)])
     table(["quantity", "model MAE", "baseline MAE", "baseline", "target", "result"], rows)
+    print(f"\nby group (energy median over all: {result['energy_median']:.4g} meV/atom)")
+    table(["group", "structures", "E MAE (meV/atom)", "E median", "stress MAE (GPa)"],
+          [[name, g["structures"], g["energy"], g["energy_median"], g["stress"]] for name, g in result["groups"].items()])
 
 
 # ============================================================================================ 2. DFPT
