@@ -425,12 +425,7 @@ class MTModel(nn.Module):
         energy_atom = energy_atom + self.reference_energies[numbers]
         energy = scatter_sum(energy_atom, batch, b)
         atoms_per_structure = scatter_sum(torch.ones_like(energy_atom), batch, b)
-        # the other heads before the backward pass, so that their edge tensors are freed before its peak
-        out = {"energy": energy, "magmoms": self.magmom_scale * self.magmom_head(graph, x, e)[:, 0]}
-        charges = self.charge_scale * self.charge_head(graph, x, e)[:, 0]
-        out["charges"] = charges - gather(scatter_sum(charges, batch, b) / atoms_per_structure, batch)
-        out["born_charges"] = self.born_charges(graph, x, e, batch, b, atoms_per_structure)
-        out["dielectric"] = self.dielectric(graph, x, e, batch, b, atoms_per_structure)
+        out = {"energy": energy}
         if compute_forces:
             grad_pos, grad_strain = torch.autograd.grad(
                 energy.sum(), (positions, strain), create_graph=self.training
@@ -441,7 +436,12 @@ class MTModel(nn.Module):
             inv_volume = torch.where(has_volume, 1.0 / torch.where(has_volume, volume, torch.ones_like(volume)),
                                      torch.zeros_like(volume))
             out["stress"] = grad_strain * inv_volume[:, None, None]
-        return {name: out[name] for name in PROPERTIES if name in out}
+        out["magmoms"] = self.magmom_scale * self.magmom_head(graph, x, e)[:, 0]
+        charges = self.charge_scale * self.charge_head(graph, x, e)[:, 0]
+        out["charges"] = charges - gather(scatter_sum(charges, batch, b) / atoms_per_structure, batch)
+        out["born_charges"] = self.born_charges(graph, x, e, batch, b, atoms_per_structure)
+        out["dielectric"] = self.dielectric(graph, x, e, batch, b, atoms_per_structure)
+        return out
 
     def embed(self, graph: Graph, numbers: Tensor) -> tuple[Tensor, Tensor]:
         """x_i = emb(Z_i) + Linear(sum_j m_ij Phi(d_ij)); e_i = W sum_j m_ij Phi(d_ij) ⊗ r̂_ij (self edge: r̂ = 0)."""
