@@ -151,8 +151,9 @@ def print_distillation(result: dict) -> None:
                      "-" if target is None else f"<= {target:g}", verdict(result["mae"][key], target)])
     table(["quantity", "model MAE", "baseline MAE", "baseline", "target", "result"], rows)
     print(f"\nby group (energy median over all: {result['energy_median']:.4g} meV/atom)")
-    table(["group", "structures", "E MAE (meV/atom)", "E median", "stress MAE (GPa)"],
-          [[name, g["structures"], g["energy"], g["energy_median"], g["stress"]] for name, g in result["groups"].items()])
+    rows = [[name, g["structures"], g["energy"], g["energy_median"], g["stress"]]
+            for name, g in result["groups"].items()]
+    table(["group", "structures", "E MAE (meV/atom)", "E median", "stress MAE (GPa)"], rows)
 
 
 # ============================================================================================ 2. DFPT

@@ -5,10 +5,11 @@
 Each measurement runs in a fresh process: load the model, build the graph once (the neighbour-list kernel's
 compilation has its own peak), note the resident set size (RSS), reset the kernel's high-water mark
 (``/proc/self/clear_refs``), predict twice (a second call of the same shape, as in MD) and report the peak RSS of
-the calls (``VmHWM``) above the RSS before them, per atom and per edge, beside ``Model.estimate_bytes``. The single-point target is a 10^4-atom float32 structure within 12 GiB. Then a list
-of 512-atom structures is predicted with a ``memory_budget`` of ``--budget-gib``, given at load (onnxruntime's CPU
-arena off) and, for comparison, set after loading (arena on): its peak must stay below the budget. Structures:
-rattled diamond Si (29 edges per atom within 5 Å, self edges included).
+the calls (``VmHWM``) above the RSS before them, per atom and per edge, beside ``Model.estimate_bytes``. The
+single-point target is a 10^4-atom float32 structure within 12 GiB. Then a list of 512-atom structures is
+predicted with a ``memory_budget`` of ``--budget-gib``, given at load (onnxruntime's CPU arena off) and, for
+comparison, set after loading (arena on): its peak must stay below the budget. Structures: rattled diamond Si
+(29 edges per atom within 5 Å, self edges included).
 """
 
 from __future__ import annotations
