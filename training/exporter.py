@@ -183,7 +183,7 @@ def simplify(graph_module) -> int:
 
 
 def _shape(node) -> tuple[str, ...] | None:
-    value = node.meta.get("val") if hasattr(node, "meta") else None
+    value = node.meta.get("val")
     return tuple(str(size) for size in value.shape) if isinstance(value, torch.Tensor) else None
 
 
@@ -247,22 +247,23 @@ def rematerialize_gathers(graph_module) -> int:
 def _late_gather(graph, gather, user, order):
     """A copy of ``gather`` placed before ``user`` whose index also depends on ``user``'s latest other input."""
     aten = torch.ops.aten
+
+    def call(target, *args, **kwargs):  # a new node just before user, also in the order
+        node = graph.call_function(target, args, kwargs)
+        order[node] = order[user] - 0.5
+        return node
+
     source, dim, index = gather.args
     others = [a for a in user.all_input_nodes if a is not gather and isinstance(a.meta.get("val"), torch.Tensor)]
     with graph.inserting_before(user):
         if others:
-            latest = max(others, key=order.get)
-            first = graph.call_function(aten.slice.Tensor, (graph.call_function(aten.reshape.default, (latest, [-1])),
-                                                            0, 0, 1))
-            same = graph.call_function(aten._to_copy.default, (graph.call_function(aten.eq.Tensor, (first, first)),),
-                                       {"dtype": source.meta["val"].dtype})
-            zero = graph.call_function(aten.mul.Tensor, (graph.call_function(aten.sum.default, (same,)), 0))
-            index = graph.call_function(aten.add.Tensor, (index, graph.call_function(
-                aten._to_copy.default, (zero,), {"dtype": torch.int64})))
-        copy = graph.call_function(gather.target, (source, dim, index), gather.kwargs)
+            first = call(aten.slice.Tensor, call(aten.reshape.default, max(others, key=order.get), [-1]), 0, 0, 1)
+            same = call(aten._to_copy.default, call(aten.eq.Tensor, first, first), dtype=source.meta["val"].dtype)
+            zero = call(aten._to_copy.default, call(aten.mul.Tensor, call(aten.sum.default, same), 0),
+                        dtype=torch.int64)
+            index = call(aten.add.Tensor, index, zero)
+        copy = call(gather.target, source, dim, index, **gather.kwargs)
     copy.meta = dict(gather.meta)
-    for node in graph.nodes:  # the new nodes sit just before user in the order
-        order.setdefault(node, order[user] - 0.5)
     return copy
 
 
