@@ -1,6 +1,6 @@
 """Accuracy report of an mtsim model: distillation, DFPT test split, 3C-SiC LO-TO and BaTiO3 polarization.
 
-    python bench/accuracy.py --data DIR [--model FILE.onnx] [--quick] [--json OUT.json]
+    python bench/accuracy.py --data DIR [--model FILE.onnx] [--train FILE ...] [--quick] [--json OUT.json]
 
 ``DIR`` is the output folder of examples/default_model/build_data.sh; only ``lab_heldout.extxyz`` and
 ``dfpt/test.extxyz`` are read. ``--model`` defaults to the bundled model. Sections:
@@ -9,7 +9,8 @@
    component), stress (GPa, per component of the 3x3 tensor) and magmoms (μB), beside a trivial baseline
    (energy: the set's mean energy per atom, the paper's "dummy predictor"; forces and stress: zero; magmoms: the
    set's mean moment). Then energy and stress by the generator's tags: ``category`` (phonondb crystal, element
-   or binary prototype) and ``kind`` (rattle, strain, compress).
+   or binary prototype) and ``kind`` (rattle, strain, compress); with ``--train FILE ...`` (the training
+   extxyz files) also by whether the structure's base (``info["base"]``, e.g. ``CsTe:rocksalt``) occurs in them.
 2. DFPT test split: Z* MAE (e, all 9 components of every atom) and eps_inf MAE (9 components per structure),
    beside the baseline Z* = 0, eps_inf = identity.
 3. 3C-SiC: FIRE cell relaxation -> a (Å); Z*_Si,xx (e) and eps_inf,xx there; phonons (4x4x4 supercell of the
@@ -106,9 +107,19 @@ def jsonable(value):
 
 
 # ============================================================================================ 1. distillation
-def distillation(model, path: Path) -> dict:
-    """MAEs vs the teacher's labels: energy meV/atom, forces eV/Å, stress GPa, magmoms μB; model and baseline."""
+def training_bases(paths: list[Path]) -> set[str]:
+    """The ``info["base"]`` tags of the structures in the training files."""
+    return {str(a.info["base"]) for path in paths for a in read(path, ":") if "base" in a.info}
+
+
+def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict:
+    """MAEs vs the teacher's labels: energy meV/atom, forces eV/Å, stress GPa, magmoms μB; model and baseline.
+    With ``train_bases``, the groups include ``base_in_training=yes/no`` per category."""
     frames = read(path, ":")
+    if train_bases is not None:
+        for a in frames:
+            seen = "yes" if str(a.info.get("base")) in train_bases else "no"
+            a.info["base_in_training"] = f"{a.info.get('category', '?')}:{seen}"
     predictions = model.predict(frames, batch_size=BATCH)
     n_atoms = np.array([len(a) for a in frames])
     e_ref = np.array([a.get_potential_energy() for a in frames]) / n_atoms
@@ -126,7 +137,7 @@ def distillation(model, path: Path) -> dict:
     e_error = 1000 * np.abs(e_model - e_ref)
     s_error = np.abs(s_model - s_ref).mean(axis=(1, 2))
     groups = {}  # by the generator's tags: where the structure came from and how it was perturbed
-    for key in ("category", "kind"):
+    for key in ("category", "kind") + (("base_in_training",) if train_bases is not None else ()):
         tags = np.array([str(a.info.get(key, "?")) for a in frames])
         for tag in sorted(set(tags)):
             chosen = tags == tag
@@ -284,6 +295,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="output folder of build_data.sh")
     parser.add_argument("--model", default=None, help="ONNX model file (default: the bundled model)")
+    parser.add_argument("--train", type=Path, nargs="*", default=None,
+                        help="training extxyz files: also group the held-out structures by whether their base occurs "
+                             "in these")
     parser.add_argument("--quick", action="store_true", help="small supercells and short MD (development)")
     parser.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     args = parser.parse_args()
@@ -297,7 +311,9 @@ def main() -> None:
                         "path": str(model.path), "untrained_outputs": list(model.untrained_outputs)},
               "mode": "quick" if args.quick else "full", "settings": settings, "timings_s": {}}
     sections = [
-        ("distillation", lambda: distillation(model, args.data / "lab_heldout.extxyz"), print_distillation),
+        ("distillation", lambda: distillation(model, args.data / "lab_heldout.extxyz",
+                                              None if args.train is None else training_bases(args.train)),
+         print_distillation),
         ("dfpt", lambda: dfpt(model, args.data / "dfpt" / "test.extxyz"), print_dfpt),
         ("sic", lambda: silicon_carbide(model, settings["phonon_supercell"]), print_silicon_carbide),
         ("batio3", lambda: barium_titanate(model, settings["bto_supercell"], settings["md_fs"],

@@ -246,6 +246,19 @@ def test_structures_command_line(tmp_path):
     assert manifest["written"] == 12 and manifest["md_steps"] == 0
 
 
+def test_structures_mix_chooses_the_categories(tmp_path):
+    out = tmp_path / "gen.extxyz"
+    args = ["--out", str(out), "--size", "10", "--elements", "Si", "S", "Na", "Al", "--binaries", "3", "--quiet"]
+    assert structures.main(args + ["--mix", "binary=1"]) == 0
+    assert {a.info["category"] for a in ase.io.read(out, ":")} == {"binary"}
+    assert json.loads((tmp_path / "gen.manifest.json").read_text())["mix"] == {"binary": 1.0}
+    assert structures.main(args + ["--mix", "element=2", "binary=0"]) == 0
+    assert {a.info["category"] for a in ase.io.read(out, ":")} == {"element"}
+    for bad in (["binary"], ["metal=1"], ["binary=x"], ["binary=-1"], ["binary=nan"]):
+        with pytest.raises(SystemExit, match="--mix"):
+            structures.main(args + ["--mix", *bad])
+
+
 def test_md_needs_a_teacher():
     base = structures.element_prototype("Si", "diamond")
     with pytest.raises(ValueError):

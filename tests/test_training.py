@@ -205,8 +205,9 @@ def test_normalisation_fits_reference_energies_and_scales(dataset):
 
 # ------------------------------------------------------------------------------------------------- training
 def test_a_few_steps_lower_the_loss(tmp_path, data_file, dataset):
-    config = make_config(data_file, tmp_path, schedule={"epochs": 8, "warmup_epochs": 1})
-    trainer = Trainer(config, prepare_model(config, dataset), dataset)
+    config = make_config(data_file, tmp_path, schedule={"epochs": 8, "warmup_epochs": 1, "checkpoint_every": 2})
+    lines = []
+    trainer = Trainer(config, prepare_model(config, dataset), dataset, log=lines.append)
     before = trainer.evaluate(dataset)
     assert trainer.fit() == "finished"
     after = trainer.evaluate(dataset)
@@ -218,6 +219,9 @@ def test_a_few_steps_lower_the_loss(tmp_path, data_file, dataset):
     assert records[-1]["lr"]["head"] == 0.0  # linear decay to zero
     assert set(records[0]["train"]) == {"loss", "energy", "forces", "stress", "magmoms", "born_charges",
                                         "dielectric"}
+    steps = [line for line in lines if line.startswith("step ")]  # progress inside epochs, every 2 steps
+    assert [line.split()[1] for line in steps] == [f"{k}/24" for k in range(2, 25, 2)]
+    assert sum(line.startswith("epoch ") for line in lines) == 8
 
 
 def test_resume_is_bitwise_exact(tmp_path, data_file):

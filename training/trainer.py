@@ -175,7 +175,8 @@ def build_optimizer(model: MTModel, config: TrainConfig) -> torch.optim.AdamW:
 class Trainer:
     """One run: model, AdamW, warm-up/decay schedule, EMA of the weights, early stopping and exact checkpoints.
 
-    ``log`` receives the progress lines (one per epoch). Use ``train`` for the whole job (data, ensembles, resume).
+    ``log`` receives the progress lines (one per epoch, and one per ``checkpoint_every`` steps). Use ``train`` for
+    the whole job (data, ensembles, resume).
     """
 
     def __init__(self, config: TrainConfig, model: MTModel, train_set: AtomsDataset,
@@ -280,6 +281,10 @@ class Trainer:
                     total[0], total[1] = total[0] + value, total[1] + 1
                 if every is not None and self.step % every == 0:
                     self.save(self.last_path)
+                    rate = (self.step - start_step) / max(time.monotonic() - start_time, 1e-9)
+                    loss = self.running["loss"][0] / self.running["loss"][1]
+                    self.log(f"step {self.step}/{self.total_steps}  {rate:.2f} steps/s  train loss {loss:.4g} "
+                             "(this epoch so far)  last.pt written")
             self.end_epoch()
         return "stopped early" if self.stopped else "finished"
 

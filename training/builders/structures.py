@@ -283,6 +283,22 @@ def generate(bases: Sequence[ase.Atoms], num_samples: int, seed: int = 0, weight
     return frames
 
 
+def parse_mix(items: Sequence[str]) -> dict[str, float]:
+    """``["binary=0.5", ...]`` -> ``{"binary": 0.5, ...}``; categories are those of ``DEFAULT_MIX``."""
+    mix = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in DEFAULT_MIX:
+            raise SystemExit(f"--mix: expected CATEGORY=WEIGHT, CATEGORY one of {sorted(DEFAULT_MIX)}; got {item!r}")
+        try:
+            mix[name] = float(value)
+        except ValueError:
+            raise SystemExit(f"--mix: weight of {name!r} is not a number: {value!r}") from None
+        if not np.isfinite(mix[name]) or mix[name] < 0:
+            raise SystemExit(f"--mix: weight of {name!r} must be finite and >= 0, got {value!r}")
+    return mix
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtsim.training.builders.structures",
                                      description=__doc__.split("\n")[0])
@@ -292,6 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output extxyz (a .manifest.json is written beside it)")
     parser.add_argument("--size", type=int, default=200, help="number of samples (default 200)")
     parser.add_argument("--binaries", type=int, default=60, help="number of binary prototypes drawn (default 60)")
+    default_mix = " ".join(f"{k}={v}" for k, v in DEFAULT_MIX.items())
+    parser.add_argument("--mix", nargs="*", default=None, metavar="CATEGORY=WEIGHT",
+                        help="how often each category of base structure is drawn, e.g. phonondb=0.25 element=0.25 "
+                             f"binary=0.5; categories not named are not drawn (default: {default_mix})")
     parser.add_argument("--elements", nargs="*", default=None, help="element symbols (default: Z 1-83, no noble gases)")
     parser.add_argument("--min-atoms", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -301,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     elements = tuple(args.elements) if args.elements else ELEMENTS
+    mix = parse_mix(args.mix) if args.mix else None
     bases = base_structures(args.data, args.dfpt_manifest, elements, num_binaries=args.binaries, seed=args.seed)
     calculator, weights = None, dict(DEFAULT_WEIGHTS)
     if args.md_steps > 0:
@@ -310,12 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet:
         print(f"[structures] {len(bases)} base structures", file=sys.stderr, flush=True)
     frames = generate(bases, args.size, args.seed, weights, args.min_atoms, calculator, args.md_steps,
-                      quiet=args.quiet)
+                      mix=mix, quiet=args.quiet)
     write_frames(args.out, frames)
     kinds = {k: sum(a.info["kind"] == k for a in frames) for k in KINDS}
     write_manifest(os.path.splitext(args.out)[0] + ".manifest.json", {
         "builder": "mtsim.training.builders.structures", "seed": args.seed, "size": args.size,
         "written": len(frames), "kinds": kinds, "bases": len(bases), "binaries": args.binaries,
+        "mix": mix or DEFAULT_MIX,
         "phonondb": os.path.basename(os.fspath(args.data)) if args.data else None,
         "dfpt_train_only": args.dfpt_manifest is not None, "md_steps": args.md_steps,
         "atoms": int(sum(len(a) for a in frames)), "max_atoms": max((len(a) for a in frames), default=0),
