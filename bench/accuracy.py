@@ -60,6 +60,8 @@ FIELD_MAX = 4 * MV_PER_CM
 """V/Å, hysteresis amplitude: the paper's E_max = 4 MV/cm."""
 BATCH = 32
 """Structures per model call in sections 1-2 (keeps memory small)."""
+WORST = 10
+"""Held-out structures listed with their energy errors, worst first."""
 
 TARGETS = {"energy": 30.0, "forces": 0.15, "stress": 1.0, "born_charges": 0.15, "dielectric": 0.5}
 """Upper bounds on the MAEs: meV/atom, eV/Å, GPa, e, dimensionless."""
@@ -144,8 +146,14 @@ def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict
             groups[f"{key}={tag}"] = {"structures": int(chosen.sum()), "energy": e_error[chosen].mean(),
                                       "energy_median": float(np.median(e_error[chosen])),
                                       "stress": s_error[chosen].mean()}
+    order = np.argsort(-e_error)
+    worst = [{"base": str(frames[k].info.get("base", "?")), "kind": str(frames[k].info.get("kind", "?")),
+              "formula": frames[k].get_chemical_formula(), "volume_per_atom": frames[k].get_volume() / n_atoms[k],
+              "energy_error": 1000 * (e_model[k] - e_ref[k])} for k in order[:WORST]]
+    tenth = max(1, len(frames) // 10)
     return {"structures": len(frames), "atoms": int(n_atoms.sum()), "mae": model_mae, "baseline_mae": baseline_mae,
-            "energy_median": float(np.median(e_error)), "groups": groups}
+            "energy_median": float(np.median(e_error)), "groups": groups, "worst": worst,
+            "worst_tenth_share": float(e_error[order[:tenth]].sum() / e_error.sum())}
 
 
 def print_distillation(result: dict) -> None:
@@ -165,6 +173,10 @@ def print_distillation(result: dict) -> None:
     rows = [[name, g["structures"], g["energy"], g["energy_median"], g["stress"]]
             for name, g in result["groups"].items()]
     table(["group", "structures", "E MAE (meV/atom)", "E median", "stress MAE (GPa)"], rows)
+    share = 100 * result["worst_tenth_share"]
+    print(f"\nlargest energy errors (the worst tenth of the structures carries {share:.0f} % of the summed error)")
+    rows = [[w["base"], w["kind"], w["formula"], w["volume_per_atom"], w["energy_error"]] for w in result["worst"]]
+    table(["base", "kind", "formula", "volume (Å³/atom)", "model - teacher (meV/atom)"], rows)
 
 
 # ============================================================================================ 2. DFPT
