@@ -10,6 +10,7 @@ from ase.build import bulk
 import mtsim
 from mtsim.model import DEFAULT_MODEL, MODELS_DIR
 from mtsim.onnx_format import OUTPUT_NAMES, check_onnx_file
+from mtsim.units import GPA
 
 PRECISIONS = ("float32", "float64")
 CHECKPOINT = MODELS_DIR / f"{DEFAULT_MODEL}.pt"
@@ -27,11 +28,13 @@ def test_default_model_loads_and_declares_every_head(precision):
     assert model.untrained_outputs == ("charges",)  # no Bader data: the charges head is untrained and says so
     provenance = json.loads(meta["training_data"])
     assert "CHGNet 0.3.0" in provenance["description"] and "MPtrj" in provenance["description"]
-    assert {f["file"] for f in provenance["files"]} == {"lab_train3.extxyz", "lab_replay.extxyz",
+    assert {f["file"] for f in provenance["files"]} == {"lab_train3.extxyz", "lab_train4.extxyz", "lab_replay.extxyz",
                                                         "lab_dfpt_train.extxyz"}
     assert provenance["labels"]["born_charges"] > 0 and provenance["labels"]["charges"] == 0
-    # stages 2-4 (examples/default_model/stage*.yaml) continued stage 1; each run keeps its base's record
-    stage3 = provenance["base"]
+    # stages 2-5 (examples/default_model/stage*.yaml) continued stage 1; each run keeps its base's record
+    stage4 = provenance["base"]
+    assert {f["file"] for f in stage4["files"]} == {"lab_train3.extxyz", "lab_replay.extxyz", "lab_dfpt_train.extxyz"}
+    stage3 = stage4["base"]
     assert {f["file"] for f in stage3["files"]} == {"lab_train.extxyz", "lab_train2.extxyz", "lab_dfpt_train.extxyz"}
     stage1 = stage3["base"]["base"]
     assert {f["file"] for f in stage1["files"]} == {"lab_train.extxyz", "lab_dfpt_train.extxyz"}
@@ -44,7 +47,7 @@ def test_default_model_predicts_sensible_silicon():
     pressures = []
     for a in (5.43, 5.25):
         p = model.predict(bulk("Si", "diamond", a=a))
-        pressures.append(-np.trace(p.stress) / 3 / mtsim.units.GPA)
+        pressures.append(-np.trace(p.stress) / 3 / GPA)
         np.testing.assert_allclose(p.forces, 0.0, atol=1e-3)  # zero by symmetry
         assert np.abs(p.born_charges).max() < 1.0  # non-polar covalent crystal: small Z*
         assert 8.0 < np.trace(p.dielectric) / 3 < 16.0  # experiment: 11.7
