@@ -11,6 +11,7 @@
    set's mean moment). Then energy and stress by the generator's tags: ``category`` (phonondb crystal, element
    or binary prototype) and ``kind`` (rattle, strain, compress); with ``--train FILE ...`` (the training
    extxyz files) also by whether the structure's base (``info["base"]``, e.g. ``CsTe:rocksalt``) occurs in them.
+   Last, the structures with the largest energy errors and the share of the summed error the worst tenth carries.
 2. DFPT test split: Z* MAE (e, all 9 components of every atom) and eps_inf MAE (9 components per structure),
    beside the baseline Z* = 0, eps_inf = identity.
 3. 3C-SiC: FIRE cell relaxation -> a (Å); Z*_Si,xx (e) and eps_inf,xx there; phonons (4x4x4 supercell of the

@@ -17,7 +17,8 @@ $structures --out gen_train.extxyz --size 10000 --seed 0
 $structures --out gen_val.extxyz --size 500 --seed 2
 $structures --out gen_heldout.extxyz --size 250 --seed 1
 $structures --out gen_train2.extxyz --size 30000 --seed 3   # the further training data of stages 2 and 3
-# stages 4 and 5: many more binary prototypes (3,000 draws, 1,947 distinct pair/lattice bases), half of the samples
+# stages 4 and 5: many more binary prototypes (3,000 draws each; seed 4: 1,947 distinct pair/lattice bases), half
+# of the samples binaries
 $structures --out gen_train3.extxyz --size 12000 --seed 4 --binaries 3000 --mix phonondb=0.3 element=0.2 binary=0.5
 $structures --out gen_replay.extxyz --size 4000 --seed 0    # stage 4's replay: the first 4,000 of gen_train.extxyz
 $structures --out gen_train4.extxyz --size 9000 --seed 5 --binaries 3000 --mix phonondb=0.3 element=0.2 binary=0.5
