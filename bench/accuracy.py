@@ -10,7 +10,8 @@
    (energy: the set's mean energy per atom, the paper's "dummy predictor"; forces and stress: zero; magmoms: the
    set's mean moment). Then energy and stress by the generator's tags: ``category`` (phonondb crystal, element
    or binary prototype) and ``kind`` (rattle, strain, compress); with ``--train FILE ...`` (the training
-   extxyz files) also by whether the structure's base (``info["base"]``, e.g. ``CsTe:rocksalt``) occurs in them.
+   extxyz files) also by whether the structure's base (``info["base"]``, e.g. ``CsTe:rocksalt``) occurs in them;
+   and by the teacher's pressure |p| (bins of ``PRESSURE_EDGES``).
    Last, the structures with the largest energy errors and the share of the summed error the worst tenth carries.
 2. DFPT test split: Z* MAE (e, all 9 components of every atom) and eps_inf MAE (9 components per structure),
    beside the baseline Z* = 0, eps_inf = identity.
@@ -63,6 +64,8 @@ BATCH = 32
 """Structures per model call in sections 1-2 (keeps memory small)."""
 WORST = 10
 """Held-out structures listed with their energy errors, worst first."""
+PRESSURE_EDGES = (5.0, 20.0, 50.0)
+"""GPa, edges of the groups by the teacher's pressure |tr(sigma)|/3 (the stress error grows with it)."""
 
 TARGETS = {"energy": 30.0, "forces": 0.15, "stress": 1.0, "born_charges": 0.15, "dielectric": 0.5}
 """Upper bounds on the MAEs: meV/atom, eV/Å, GPa, e, dimensionless."""
@@ -139,14 +142,19 @@ def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict
                     "stress": np.abs(s_ref).mean(), "magmoms": np.abs(m_ref - m_ref.mean()).mean()}
     e_error = 1000 * np.abs(e_model - e_ref)
     s_error = np.abs(s_model - s_ref).mean(axis=(1, 2))
-    groups = {}  # by the generator's tags: where the structure came from and how it was perturbed
+    groups = {}  # by the generator's tags (where the structure came from, how it was perturbed), then by pressure
+    selections = []
     for key in ("category", "kind") + (("base_in_training",) if train_bases is not None else ()):
         tags = np.array([str(a.info.get(key, "?")) for a in frames])
-        for tag in sorted(set(tags)):
-            chosen = tags == tag
-            groups[f"{key}={tag}"] = {"structures": int(chosen.sum()), "energy": e_error[chosen].mean(),
-                                      "energy_median": float(np.median(e_error[chosen])),
-                                      "stress": s_error[chosen].mean()}
+        selections += [(f"{key}={tag}", tags == tag) for tag in sorted(set(tags))]
+    pressure = np.abs(np.trace(s_ref, axis1=1, axis2=2)) / 3
+    edges = (0.0, *PRESSURE_EDGES, math.inf)
+    selections += [(f"teacher |p| {lo:g}-{hi:g} GPa", (pressure >= lo) & (pressure < hi))
+                   for lo, hi in zip(edges[:-1], edges[1:])]
+    for name, chosen in selections:
+        if chosen.any():
+            groups[name] = {"structures": int(chosen.sum()), "energy": e_error[chosen].mean(),
+                            "energy_median": float(np.median(e_error[chosen])), "stress": s_error[chosen].mean()}
     order = np.argsort(-e_error)
     worst = [{"base": str(frames[k].info.get("base", "?")), "kind": str(frames[k].info.get("kind", "?")),
               "formula": frames[k].get_chemical_formula(), "volume_per_atom": frames[k].get_volume() / n_atoms[k],
