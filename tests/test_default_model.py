@@ -28,11 +28,15 @@ def test_default_model_loads_and_declares_every_head(precision):
     assert model.untrained_outputs == ("charges",)  # no Bader data: the charges head is untrained and says so
     provenance = json.loads(meta["training_data"])
     assert "CHGNet 0.3.0" in provenance["description"] and "MPtrj" in provenance["description"]
-    assert {f["file"] for f in provenance["files"]} == {"lab_train3.extxyz", "lab_train4.extxyz", "lab_train5.extxyz",
-                                                        "lab_replay.extxyz", "lab_dfpt_train.extxyz"}
+    assert {f["file"] for f in provenance["files"]} == {
+        "lab_train3.extxyz", "lab_train4.extxyz", "lab_train5.extxyz", "lab_train6.extxyz", "lab_replay.extxyz",
+        "lab_dfpt_train.extxyz"}
     assert provenance["labels"]["born_charges"] > 0 and provenance["labels"]["charges"] == 0
-    # stages 2-6 (examples/default_model/stage*.yaml) continued stage 1; each run keeps its base's record
-    stage5 = provenance["base"]
+    # stages 2-7 (examples/default_model/stage*.yaml) continued stage 1; each run keeps its base's record
+    stage6 = provenance["base"]
+    assert {f["file"] for f in stage6["files"]} == {"lab_train3.extxyz", "lab_train4.extxyz", "lab_train5.extxyz",
+                                                    "lab_replay.extxyz", "lab_dfpt_train.extxyz"}
+    stage5 = stage6["base"]
     assert {f["file"] for f in stage5["files"]} == {"lab_train3.extxyz", "lab_train4.extxyz", "lab_replay.extxyz",
                                                     "lab_dfpt_train.extxyz"}
     stage4 = stage5["base"]
