@@ -246,7 +246,7 @@ def test_structures_command_line(tmp_path):
     assert manifest["written"] == 12 and manifest["md_steps"] == 0
 
 
-def test_structures_mix_chooses_the_categories(tmp_path):
+def test_structures_mix_and_kinds_choose_what_is_drawn(tmp_path):
     out = tmp_path / "gen.extxyz"
     args = ["--out", str(out), "--size", "10", "--elements", "Si", "S", "Na", "Al", "--binaries", "3", "--quiet"]
     assert structures.main(args + ["--mix", "binary=1"]) == 0
@@ -257,6 +257,14 @@ def test_structures_mix_chooses_the_categories(tmp_path):
     for bad in (["binary"], ["metal=1"], ["binary=x"], ["binary=-1"], ["binary=nan"]):
         with pytest.raises(SystemExit, match="--mix"):
             structures.main(args + ["--mix", *bad])
+    assert structures.main(args + ["--kinds", "compress=1", "strain=0"]) == 0
+    frames = ase.io.read(out, ":")
+    assert {a.info["kind"] for a in frames} == {"compress"}
+    assert all(0.7 <= a.info["volume_ratio"] <= 0.9 for a in frames)
+    assert json.loads((tmp_path / "gen.manifest.json").read_text())["kind_weights"] == {"compress": 1.0}
+    for bad in (["md=1"], ["squash=1"], ["strain"]):
+        with pytest.raises(SystemExit, match="--kinds"):
+            structures.main(args + ["--kinds", *bad])
 
 
 def test_md_needs_a_teacher():

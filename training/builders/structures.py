@@ -283,20 +283,21 @@ def generate(bases: Sequence[ase.Atoms], num_samples: int, seed: int = 0, weight
     return frames
 
 
-def parse_mix(items: Sequence[str]) -> dict[str, float]:
-    """``["binary=0.5", ...]`` -> ``{"binary": 0.5, ...}``; categories are those of ``DEFAULT_MIX``."""
-    mix = {}
+def parse_weights(items: Sequence[str], names: Sequence[str], option: str) -> dict[str, float]:
+    """``["binary=0.5", ...]`` -> ``{"binary": 0.5, ...}`` for the names in ``names`` (``option`` names the flag in
+    errors)."""
+    weights = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or name not in DEFAULT_MIX:
-            raise SystemExit(f"--mix: expected CATEGORY=WEIGHT, CATEGORY one of {sorted(DEFAULT_MIX)}; got {item!r}")
+        if not sep or name not in names:
+            raise SystemExit(f"{option}: expected NAME=WEIGHT, NAME one of {sorted(names)}; got {item!r}")
         try:
-            mix[name] = float(value)
+            weights[name] = float(value)
         except ValueError:
-            raise SystemExit(f"--mix: weight of {name!r} is not a number: {value!r}") from None
-        if not np.isfinite(mix[name]) or mix[name] < 0:
-            raise SystemExit(f"--mix: weight of {name!r} must be finite and >= 0, got {value!r}")
-    return mix
+            raise SystemExit(f"{option}: weight of {name!r} is not a number: {value!r}") from None
+        if not np.isfinite(weights[name]) or weights[name] < 0:
+            raise SystemExit(f"{option}: weight of {name!r} must be finite and >= 0, got {value!r}")
+    return weights
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mix", nargs="*", default=None, metavar="CATEGORY=WEIGHT",
                         help="how often each category of base structure is drawn, e.g. phonondb=0.25 element=0.25 "
                              f"binary=0.5; categories not named are not drawn (default: {default_mix})")
+    default_kinds = " ".join(f"{k}={v}" for k, v in DEFAULT_WEIGHTS.items() if k != "md")
+    parser.add_argument("--kinds", nargs="*", default=None, metavar="KIND=WEIGHT",
+                        help="how often each sample kind is drawn, e.g. rattle=0.2 strain=0.4 compress=0.4; kinds "
+                             f"not named are not drawn ('md' is set by --md-weight; default: {default_kinds})")
     parser.add_argument("--elements", nargs="*", default=None, help="element symbols (default: Z 1-83, no noble gases)")
     parser.add_argument("--min-atoms", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -321,9 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     elements = tuple(args.elements) if args.elements else ELEMENTS
-    mix = parse_mix(args.mix) if args.mix else None
+    mix = parse_weights(args.mix, tuple(DEFAULT_MIX), "--mix") if args.mix else None
     bases = base_structures(args.data, args.dfpt_manifest, elements, num_binaries=args.binaries, seed=args.seed)
-    calculator, weights = None, dict(DEFAULT_WEIGHTS)
+    calculator = None
+    weights = parse_weights(args.kinds, ("rattle", "strain", "compress"), "--kinds") if args.kinds else dict(
+        DEFAULT_WEIGHTS)
     if args.md_steps > 0:
         from mtsim.training.builders.teacher import teacher_calculator
         calculator = teacher_calculator()
@@ -337,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_manifest(os.path.splitext(args.out)[0] + ".manifest.json", {
         "builder": "mtsim.training.builders.structures", "seed": args.seed, "size": args.size,
         "written": len(frames), "kinds": kinds, "bases": len(bases), "binaries": args.binaries,
-        "mix": mix or DEFAULT_MIX,
+        "mix": mix or DEFAULT_MIX, "kind_weights": {k: v for k, v in weights.items() if v > 0},
         "phonondb": os.path.basename(os.fspath(args.data)) if args.data else None,
         "dfpt_train_only": args.dfpt_manifest is not None, "md_steps": args.md_steps,
         "atoms": int(sum(len(a) for a in frames)), "max_atoms": max((len(a) for a in frames), default=0),
