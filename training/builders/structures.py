@@ -329,8 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mix = parse_weights(args.mix, tuple(DEFAULT_MIX), "--mix") if args.mix else None
     bases = base_structures(args.data, args.dfpt_manifest, elements, num_binaries=args.binaries, seed=args.seed)
     calculator = None
-    weights = parse_weights(args.kinds, ("rattle", "strain", "compress"), "--kinds") if args.kinds else dict(
-        DEFAULT_WEIGHTS)
+    drawn_kinds = tuple(k for k in KINDS if k != "md")  # md samples are set by --md-steps and --md-weight
+    weights = parse_weights(args.kinds, drawn_kinds, "--kinds") if args.kinds else dict(DEFAULT_WEIGHTS)
     if args.md_steps > 0:
         from mtsim.training.builders.teacher import teacher_calculator
         calculator = teacher_calculator()
