@@ -29,11 +29,17 @@ def test_default_model_loads_and_declares_every_head(precision):
     provenance = json.loads(meta["training_data"])
     assert "CHGNet 0.3.0" in provenance["description"] and "MPtrj" in provenance["description"]
     assert {f["file"] for f in provenance["files"]} == {
+        "lab_train10.extxyz", "lab_train11.extxyz", "lab_train12.extxyz", "lab_dfpt_train.extxyz"}
+    assert provenance["labels"]["born_charges"] > 0 and provenance["labels"]["charges"] == 0
+    # stages 2-9 (examples/default_model/stage*.yaml) continued stage 1; each run keeps its base's record
+    stage8 = provenance["base"]
+    assert {f["file"] for f in stage8["files"]} == {"lab_train7.extxyz", "lab_train8.extxyz", "lab_train9.extxyz",
+                                                    "lab_dfpt_train.extxyz"}
+    stage7 = stage8["base"]
+    assert {f["file"] for f in stage7["files"]} == {
         "lab_train3.extxyz", "lab_train4.extxyz", "lab_train5.extxyz", "lab_train6.extxyz", "lab_replay.extxyz",
         "lab_dfpt_train.extxyz"}
-    assert provenance["labels"]["born_charges"] > 0 and provenance["labels"]["charges"] == 0
-    # stages 2-7 (examples/default_model/stage*.yaml) continued stage 1; each run keeps its base's record
-    stage6 = provenance["base"]
+    stage6 = stage7["base"]
     assert {f["file"] for f in stage6["files"]} == {"lab_train3.extxyz", "lab_train4.extxyz", "lab_train5.extxyz",
                                                     "lab_replay.extxyz", "lab_dfpt_train.extxyz"}
     stage5 = stage6["base"]
