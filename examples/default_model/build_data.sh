@@ -3,7 +3,7 @@
 #   examples/default_model/build_data.sh PHONONDB_DIR [OUT_DIR]
 # PHONONDB_DIR: the phonondb_bec_eps folder (e.g. ../shared/data/phonondb_bec_eps). OUT_DIR: default data/ beside
 # this script, where train.yaml and stage2-9.yaml look. Needs the teacher extra: pip install -e
-# ".[train,teacher]". About 3.75 hours on 2 CPU cores. Every step is seeded: the same inputs give the same files.
+# ".[train,teacher]". About 3.5 hours on 2 CPU cores. Every step is seeded: the same inputs give the same files.
 set -euo pipefail
 phonondb=$(realpath "${1:?usage: build_data.sh PHONONDB_DIR [OUT_DIR]}")
 out=${2:-$(dirname "$0")/data}
