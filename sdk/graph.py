@@ -79,7 +79,7 @@ def graph_inputs(numbers, positions, cell, i, j, shifts, dtype=np.float64) -> di
 
 def edge_slots(index: np.ndarray, num_atoms: int, width: int | None = None) -> np.ndarray:
     """int64 [num_atoms, k]: row a holds, in edge order, the edges e with ``index[e] == a``, padded with the
-    number of edges (the model's zero row); k = the largest count (at least ``width`` if given)."""
+    number of edges (the model's padding edge, zero in every sum); k = the largest count (at least ``width``)."""
     index = np.asarray(index, dtype=np.int64)
     counts = np.bincount(index, minlength=num_atoms)
     k = max(int(counts.max(initial=0)), width or 0, 1)

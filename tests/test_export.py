@@ -192,8 +192,9 @@ def test_graph_and_metadata(files, models):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_graph_rewrites_are_exact(precision):
-    """The rewrites for onnxruntime (no materialised expands, edge gathers repeated near their later uses) change
-    the graph, not its numbers: bitwise the outputs of the traced graph without them, on a size not traced."""
+    """The rewrites for onnxruntime (no materialised expands, edge gathers repeated near their later uses,
+    per-head factors widened by a 0/1 matrix product) change the graph, not its numbers: bitwise the outputs of
+    the traced graph without them, on a size not traced."""
     from mtsim.training.exporter import trace
 
     model = tiny_model().to(TORCH[precision])
@@ -206,6 +207,7 @@ def test_graph_rewrites_are_exact(precision):
     aten = torch.ops.aten
     assert count(rewritten, aten.expand.default) < count(plain, aten.expand.default)
     assert count(rewritten, aten.index_select.default) > count(plain, aten.index_select.default)
+    assert count(rewritten, aten.mm.default) > count(plain, aten.mm.default)
     graph = build_graph(unseen_batches()["batch of 3"], 5.0, dtype=NUMPY[precision])
     inputs = [torch.from_numpy(graph[name]) for name in INPUT_NAMES]
     with torch.no_grad():

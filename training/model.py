@@ -16,7 +16,9 @@ Implements ``shared/design/model-spec.md``. One forward pass maps the flat-edge 
 Implementation rules that keep the model exportable to a fixed ONNX graph (see ``mtsim.training.export``):
 per-edge gathers and per-atom sums over edges are ``EdgeGather``/``EdgeSum``, which are each other's backward and
 sum by gathering each atom's edges through the slot inputs (``mtsim.graph.edge_slots``), so the traced graph has
-no scatter over edges at all; the few atom <-> structure gathers and sums use ``Tensor.gather`` and
+no scatter over edges at all. Every edge tensor has one row more than there are edges: the padding edge, whose
+mask is zero, so that its row is zero in every tensor summed over edges and in the gradient of every gathered
+one; the slots' padding index points at it; the few atom <-> structure gathers and sums use ``Tensor.gather`` and
 ``Tensor.scatter_add`` (never ``index_put``/``ScatterND``); no data-dependent control flow; GELU is the tanh form,
 which every onnxruntime kernel has in float32 and float64.
 """
@@ -76,15 +78,15 @@ def scatter_sum(src: Tensor, index: Tensor, size: int) -> Tensor:
 
 
 def padded_rows(src: Tensor, slots: Tensor) -> Tensor:
-    """[n,k,...]: the rows of ``src`` [e,...] listed in ``slots`` [n,k]; the padding index e gives zero rows."""
-    padded = torch.cat([src, torch.zeros_like(src[:1])])
-    return padded.index_select(0, slots.reshape(-1)).view(*slots.shape, *src.shape[1:])
+    """[n,k,...]: the rows of ``src`` [e+1,...] listed in ``slots`` [n,k] (the padding index e reads the padding
+    edge's row)."""
+    return src.index_select(0, slots.reshape(-1)).view(*slots.shape, *src.shape[1:])
 
 
 def slot_max(src: Tensor, slots: Tensor) -> Tensor:
-    """[n,...]: the maximum of ``src`` over each atom's edges (padding repeats the atom's first edge, so every atom
-    needs one: the self edge)."""
-    filled = torch.where(slots < src.shape[0], slots, slots[:, :1])
+    """[n,...]: the maximum of ``src`` [e+1,...] over each atom's edges, the padding edge left out (padding repeats
+    the atom's first edge, so every atom needs one: the self edge)."""
+    filled = torch.where(slots < src.shape[0] - 1, slots, slots[:, :1])
     return src.index_select(0, filled.reshape(-1)).view(*slots.shape, *src.shape[1:]).amax(1)
 
 
@@ -97,9 +99,9 @@ def channel_chunks(x: Tensor, parts: int) -> tuple[Tensor, ...]:
 
 
 class EdgeSum(torch.autograd.Function):
-    """``out[a] = sum of src[e] over the edges e with index[e] == a`` ([e,...] -> [n,...]), computed as a gather of
-    each atom's edges (``slots``, see ``mtsim.graph.edge_slots``) and a sum over them, in edge order. Backward:
-    ``EdgeGather``."""
+    """``out[a] = sum of src[e] over the edges e with index[e] == a`` ([e+1,...] -> [n,...]), computed as a gather
+    of each atom's edges (``slots``, see ``mtsim.graph.edge_slots``) and a sum over them, in edge order. The last
+    row of ``src`` (the padding edge, read by the padding slots) must be zero. Backward: ``EdgeGather``."""
 
     @staticmethod
     def forward(ctx, src: Tensor, index: Tensor, slots: Tensor) -> Tensor:
@@ -113,7 +115,8 @@ class EdgeSum(torch.autograd.Function):
 
 
 class EdgeGather(torch.autograd.Function):
-    """``x[index]`` ([n,...] -> [e,...]); backward: ``EdgeSum`` over the same index and slots."""
+    """``x[index]`` ([n,...] -> [e+1,...], ``index`` includes the padding edge); backward: ``EdgeSum`` over the
+    same index and slots, exact where the gradient's padding row is zero (as in the model, by its mask)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, index: Tensor, slots: Tensor) -> Tensor:
@@ -152,13 +155,13 @@ def triple_product(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
 class Graph:
     """Per-edge geometry shared by every module of one forward pass."""
 
-    receiver: Tensor  # i [e]
-    sender: Tensor  # j [e]
+    receiver: Tensor  # i [e+1], the last entry the padding edge's (atom 0)
+    sender: Tensor  # j [e+1]
     receiver_slots: Tensor  # [n,kr], see mtsim.graph.edge_slots
     sender_slots: Tensor  # [n,ks]
-    mask: Tensor = None  # m_ij [e]
-    unit: Tensor = None  # r_ij / |r_ij| [e,3]; zero on self edges
-    basis: Tensor = None  # Phi(|r_ij|) [e,K]
+    mask: Tensor = None  # m_ij [e+1]; zero for the padding edge
+    unit: Tensor = None  # r_ij / |r_ij| [e+1,3]; zero on self edges and the padding edge
+    basis: Tensor = None  # Phi(|r_ij|) [e+1,K]
 
     def at_receivers(self, x: Tensor) -> Tensor:
         """x_i per edge."""
@@ -407,6 +410,10 @@ class MTModel(nn.Module):
             cell_ = cell + torch.bmm(cell, symmetric)
         else:
             positions_, cell_ = positions, cell
+        # the padding edge (a self edge of atom 0, mask zero) after the e edges: the slots' padding index e reads it
+        is_edge = torch.cat([torch.ones_like(shifts[:, 0]), torch.zeros_like(shifts[:1, 0])])
+        edge_index = torch.cat([edge_index, torch.zeros_like(edge_index[:, :1])], 1)
+        shifts = torch.cat([shifts, torch.zeros_like(shifts[:1])])
         graph = Graph(edge_index[0], edge_index[1], receiver_slots, sender_slots)
         receiver, sender = graph.receiver, graph.sender
         r = graph.at_senders(positions_) - graph.at_receivers(positions_)
@@ -415,7 +422,7 @@ class MTModel(nn.Module):
         d2 = (r * r).sum(-1)
         d = torch.where(is_self, torch.zeros_like(d2), torch.sqrt(torch.where(is_self, torch.ones_like(d2), d2)))
         unit = r / torch.where(is_self, torch.ones_like(d), d)[:, None]
-        graph.mask, graph.unit, graph.basis = smooth_cutoff(d, self.config.cutoff), unit, self.basis(d)
+        graph.mask, graph.unit, graph.basis = smooth_cutoff(d, self.config.cutoff) * is_edge, unit, self.basis(d)
 
         x, e = self.embed(graph, numbers)
         for block in self.blocks:
