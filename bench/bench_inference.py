@@ -4,7 +4,8 @@
 
 Both sides evaluate every head (energy, forces, stress, magmoms, charges, Z*, eps) of the 1M preset in float32 on
 the same rattled diamond-Si cell and include building the neighbour list. Prints the median and min–max of
-repeated runs and the ratio SDK/eager measured in the same run (< 1: the SDK is faster). The allocator settings are
+repeated calls (SDK and eager alternating) and the ratio SDK/eager measured in the same run (< 1: the SDK is
+faster). The allocator settings are
 printed with the table because they change eager's times a lot at large sizes.
 """
 
@@ -32,13 +33,17 @@ def cell_of(n_atoms: int):
     return atoms
 
 
-def timed(function, repeats: int) -> list[float]:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
+def timed(functions: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, the calls alternating (the order reversed every round) so that both
+    sides see the same state of a shared, noisy machine."""
+    for function in functions.values():
+        function()  # warm-up
+    times = {name: [] for name in functions}
+    for k in range(repeats):
+        for name in (list(functions) if k % 2 == 0 else list(functions)[::-1]):
+            start = time.perf_counter()
+            functions[name]()
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -67,8 +72,8 @@ def main() -> None:
         for n in args.sizes:
             atoms = cell_of(n)
             edges = build_graph([atoms], 5.0)["shifts"].shape[0]
-            t_sdk = timed(lambda: sdk.predict(atoms), args.repeats)
-            t_eager = timed(lambda: eager(atoms), args.repeats)
+            times = timed({"sdk": lambda: sdk.predict(atoms), "eager": lambda: eager(atoms)}, args.repeats)
+            t_sdk, t_eager = times["sdk"], times["eager"]
             m_sdk, m_eager = statistics.median(t_sdk), statistics.median(t_eager)
             print(f"{len(atoms):>6} {edges:>8} {m_sdk:>10.3f} ({min(t_sdk):.3f}-{max(t_sdk):.3f}) "
                   f"{m_eager:>12.3f} ({min(t_eager):.3f}-{max(t_eager):.3f}) {m_sdk / m_eager:>10.2f}")

@@ -2,9 +2,10 @@
 
 Random positions in a periodic, slightly triclinic cell at 0.08 atoms/Å^3 (about
 the density of metals and oxides), cutoff 5 Å, full lists with shifts ('ijS', no
-self edges). The libraries run in turn, ``--repeats`` times each after a warm-up
-call; prints the median and min-max wall time of each and the ratio of medians to
-mtsim. Usage::
+self edges). mtsim and vesin run in turn (the order reversed every round), ``--repeats``
+times each after a warm-up call, then ASE on its own (a call of ASE's slows whichever
+library runs next about twofold, at 10^3 atoms); prints the median and min-max wall
+time of each and the ratio of medians to mtsim. Usage::
 
     python bench/bench_neighbor_list.py [--sizes 1000 10000 100000] [--repeats 7]
         [--ase-max-atoms 10000] [--threads N]
@@ -24,17 +25,16 @@ def make_structure(n_atoms, density=0.08, seed=0):
     return rng.random((n_atoms, 3)) @ cell, cell
 
 
-def time_round_robin(runs, repeats):
-    """Wall times of each run, called in turn (fair under fluctuating machine load); the order rotates every
-    round, so that no library always runs right after ASE's slow Python call has flushed the caches."""
+def time_in_turn(runs, repeats):
+    """Wall times of each run, called in turn (fair under fluctuating machine load), the order reversed every
+    round."""
     times = {name: [] for name in runs}
     n_pairs = {name: len(run()[0]) for name, run in runs.items()}  # warm-up
     names = list(runs)
     for k in range(repeats):
-        for name in names[k % len(names):] + names[:k % len(names)]:
-            run = runs[name]
+        for name in (names if k % 2 == 0 else names[::-1]):
             start = time.perf_counter()
-            run()
+            runs[name]()
             times[name].append(time.perf_counter() - start)
     return times, n_pairs
 
@@ -73,11 +73,13 @@ def main():
         runs = {"mtsim": lambda: neighbor_list(positions, cell, pbc, args.cutoff, self_interaction=False)}
         calculator = vesin.NeighborList(cutoff=args.cutoff, full_list=True, n_threads=args.threads)
         runs["vesin"] = lambda: calculator.compute(positions, cell, pbc, quantities="ijS")
+        times, n_pairs = time_in_turn(runs, args.repeats)
         if n_atoms <= args.ase_max_atoms:
             atoms = Atoms(numbers=np.ones(n_atoms, int), positions=positions, cell=cell, pbc=True)
             runs["ase"] = lambda: ase_neighbor_list("ijS", atoms, args.cutoff)
-
-        times, n_pairs = time_round_robin(runs, args.repeats)
+            ase_times, ase_pairs = time_in_turn({"ase": runs["ase"]}, args.repeats)
+            times.update(ase_times)
+            n_pairs.update(ase_pairs)
         reference = statistics.median(times["mtsim"])
         for library in runs:
             median = statistics.median(times[library])
