@@ -299,16 +299,17 @@ def widen_innermost_broadcasts(graph_module) -> int:
                     and all(size.isdigit() for size in f[1:]):
                 heads, channels = int(f[-2]), int(o[-1])
                 name = f"_widen_{heads}x{channels}"
-                ones = torch.eye(heads, dtype=node.args[factor].meta["val"].dtype).repeat_interleave(channels, dim=1)
+                dtype = node.args[factor].meta["val"].dtype
                 if not hasattr(graph_module, name):
-                    graph_module.register_buffer(name, ones)
+                    graph_module.register_buffer(name, torch.eye(heads, dtype=dtype).repeat_interleave(channels, 1))
                 with graph.inserting_before(node):
                     # held back until the other operand exists, so that the widened copy is not made (and kept)
                     # early, typically in the forward pass for a product of the backward
-                    ones = graph.call_function(aten.add.Tensor, (graph.get_attr(name), _zero_after(
-                        lambda target, *a, **k: graph.call_function(target, a, k), node.args[other], ones.dtype)))
+                    zero = _zero_after(lambda target, *a, **k: graph.call_function(target, a, k), node.args[other],
+                                       dtype)
+                    matrix = graph.call_function(aten.add.Tensor, (graph.get_attr(name), zero))
                     flat = graph.call_function(aten.reshape.default, (node.args[factor], [-1, heads]))
-                    wide = graph.call_function(aten.mm.default, (flat, ones))
+                    wide = graph.call_function(aten.mm.default, (flat, matrix))
                     wide = graph.call_function(aten.reshape.default, (wide, [-1, *map(int, f[1:-1]), channels]))
                 node.replace_input_with(node.args[factor], wide)
                 rewritten += 1
