@@ -417,7 +417,9 @@ class MTModel(nn.Module):
         graph = Graph(edge_index[0], edge_index[1], receiver_slots, sender_slots)
         receiver, sender = graph.receiver, graph.sender
         r = graph.at_senders(positions_) - graph.at_receivers(positions_)
-        r = r + torch.einsum("ek,ekl->el", shifts, graph.at_receivers(gather(cell_, batch)))
+        # sum_k S_k cell_k as a broadcast product and a sum: onnxruntime ran the [e,1,3] x [e,3,3] batched matmul
+        # of an einsum and its backward at ~30x the cost of the element-wise ops (90 ms at 4,096 atoms)
+        r = r + (shifts[:, :, None] * graph.at_receivers(gather(cell_, batch))).sum(1)
         is_self = (receiver == sender) & (shifts == 0).all(dim=1)
         d2 = (r * r).sum(-1)
         d = torch.where(is_self, torch.zeros_like(d2), torch.sqrt(torch.where(is_self, torch.ones_like(d2), d2)))
