@@ -5,8 +5,8 @@
 Both sides evaluate every head (energy, forces, stress, magmoms, charges, Z*, eps) of the 1M preset in float32 on
 the same rattled diamond-Si cell and include building the neighbour list. Prints the median and min–max of
 repeated calls (SDK and eager alternating) and the ratio SDK/eager measured in the same run (< 1: the SDK is
-faster). The allocator settings are
-printed with the table because they change eager's times a lot at large sizes.
+faster). The allocator settings are printed with the table because they change eager's times a lot at large
+sizes.
 """
 
 from __future__ import annotations
