@@ -15,11 +15,11 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 
 import numpy as np
 import torch
 from ase.build import bulk
+from timing import alternating
 
 import mtsim
 from mtsim.graph import build_graph
@@ -31,20 +31,6 @@ def cell_of(n_atoms: int):
     atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (k, k, k)
     atoms.rattle(0.05, seed=0)
     return atoms
-
-
-def timed(functions: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, the calls alternating (the order reversed every round) so that both
-    sides see the same state of a shared, noisy machine."""
-    for function in functions.values():
-        function()  # warm-up
-    times = {name: [] for name in functions}
-    for k in range(repeats):
-        for name in (list(functions) if k % 2 == 0 else list(functions)[::-1]):
-            start = time.perf_counter()
-            functions[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -72,7 +58,7 @@ def main() -> None:
         for n in args.sizes:
             atoms = cell_of(n)
             edges = build_graph([atoms], 5.0)["shifts"].shape[0]
-            times = timed({"sdk": lambda: sdk.predict(atoms), "eager": lambda: eager(atoms)}, args.repeats)
+            times, _ = alternating({"sdk": lambda: sdk.predict(atoms), "eager": lambda: eager(atoms)}, args.repeats)
             t_sdk, t_eager = times["sdk"], times["eager"]
             m_sdk, m_eager = statistics.median(t_sdk), statistics.median(t_eager)
             print(f"{len(atoms):>6} {edges:>8} {m_sdk:>10.3f} ({min(t_sdk):.3f}-{max(t_sdk):.3f}) "

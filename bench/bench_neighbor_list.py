@@ -16,6 +16,7 @@ import statistics
 import time
 
 import numpy as np
+from timing import alternating
 
 
 def make_structure(n_atoms, density=0.08, seed=0):
@@ -23,20 +24,6 @@ def make_structure(n_atoms, density=0.08, seed=0):
     length = (n_atoms / density) ** (1 / 3)
     cell = length * np.array([[1.0, 0.0, 0.0], [0.1, 1.0, 0.0], [0.05, -0.1, 1.0]])
     return rng.random((n_atoms, 3)) @ cell, cell
-
-
-def time_in_turn(runs, repeats):
-    """Wall times of each run, called in turn (fair under fluctuating machine load), the order reversed every
-    round."""
-    times = {name: [] for name in runs}
-    n_pairs = {name: len(run()[0]) for name, run in runs.items()}  # warm-up
-    names = list(runs)
-    for k in range(repeats):
-        for name in (names if k % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
-    return times, n_pairs
 
 
 def main():
@@ -70,18 +57,20 @@ def main():
     for n_atoms in args.sizes:
         positions, cell = make_structure(n_atoms)
         pbc = np.array([True, True, True])
-        runs = {"mtsim": lambda: neighbor_list(positions, cell, pbc, args.cutoff, self_interaction=False)}
         calculator = vesin.NeighborList(cutoff=args.cutoff, full_list=True, n_threads=args.threads)
-        runs["vesin"] = lambda: calculator.compute(positions, cell, pbc, quantities="ijS")
-        times, n_pairs = time_in_turn(runs, args.repeats)
-        if n_atoms <= args.ase_max_atoms:
+        times, results = alternating({
+            "mtsim": lambda: neighbor_list(positions, cell, pbc, args.cutoff, self_interaction=False),
+            "vesin": lambda: calculator.compute(positions, cell, pbc, quantities="ijS"),
+        }, args.repeats)
+        if n_atoms <= args.ase_max_atoms:  # on its own: a call of ASE's slows whichever library runs next
             atoms = Atoms(numbers=np.ones(n_atoms, int), positions=positions, cell=cell, pbc=True)
-            runs["ase"] = lambda: ase_neighbor_list("ijS", atoms, args.cutoff)
-            ase_times, ase_pairs = time_in_turn({"ase": runs["ase"]}, args.repeats)
+            ase_times, ase_results = alternating({"ase": lambda: ase_neighbor_list("ijS", atoms, args.cutoff)},
+                                                 args.repeats)
             times.update(ase_times)
-            n_pairs.update(ase_pairs)
+            results.update(ase_results)
+        n_pairs = {library: len(result[0]) for library, result in results.items()}
         reference = statistics.median(times["mtsim"])
-        for library in runs:
+        for library in times:
             median = statistics.median(times[library])
             print(
                 f"{n_atoms:>7} {n_pairs[library]:>9} | {library:<7} {1e3 * median:>10.2f} "
