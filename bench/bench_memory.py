@@ -5,10 +5,11 @@
 Each measurement runs in a fresh process: load the model, build the graph once (the neighbour-list kernel's
 compilation has its own peak), note the resident set size (RSS), reset the kernel's high-water mark
 (``/proc/self/clear_refs``), predict twice (a second call of the same shape, as in MD) and report the peak RSS of
-the calls (``VmHWM``) above the RSS before them, per atom and per edge, beside ``Model.estimate_bytes``. The
-single-point target is a 10^4-atom float32 structure within 12 GiB. Then a list of 512-atom structures is
-predicted with a ``memory_budget`` of ``--budget-gib``, given at load (onnxruntime's CPU arena off) and, for
-comparison, set after loading (arena on): its peak must stay below the budget. Structures: rattled diamond Si
+the calls (``VmHWM``) above the RSS before them, per atom, per edge and per edge slot (the model's layout: atoms
+times the largest neighbour count + 1), beside ``Model.estimate_bytes``. The single-point target is a 10^4-atom
+float32 structure within 12 GiB. Then a list of 512-atom structures is predicted with a ``memory_budget`` of
+``--budget-gib``, given at load (onnxruntime's CPU arena off) and, for comparison, set after loading (arena on):
+its peak must stay below the budget. Structures: rattled diamond Si
 (29 edges per atom within 5 Å, self edges included).
 """
 
@@ -25,7 +26,7 @@ import json, sys, time
 import numpy as np
 from ase.build import bulk
 import mtsim
-from mtsim.graph import build_graph
+from mtsim.graph import build_graph, slot_count
 
 def status(key):
     with open("/proc/self/status") as lines:
@@ -36,8 +37,9 @@ model = mtsim.load(model_path, device="cpu", memory_budget=None if keep_arena el
 k = max(1, round((n_atoms / 8) ** (1 / 3)))
 atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (k, k, k)
 atoms.rattle(0.02, seed=0)
-edges = int(build_graph([atoms], model.cutoff)["edge_index"].shape[1])
-estimate = model.estimate_bytes(edges)
+graph = build_graph([atoms], model.cutoff)
+edges, slots = int(graph["edge_index"].shape[1]), slot_count(graph)
+estimate = model.estimate_bytes(slots)
 model.memory_budget = budget  # set after loading (keep_arena): onnxruntime's CPU arena stays on
 before = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as clear:
@@ -47,7 +49,7 @@ for _ in range(1 if copies > 1 else 2):
     model.predict([atoms] * copies if copies > 1 else atoms)
 seconds = time.perf_counter() - start
 peak = status("VmHWM")
-print(json.dumps({"atoms": len(atoms), "edges": edges, "estimate": estimate, "before": before, "peak": peak,
+print(json.dumps({"atoms": len(atoms), "edges": edges, "slots": slots, "estimate": estimate, "before": before, "peak": peak,
                   "seconds": seconds}))
 """
 
@@ -69,8 +71,8 @@ def main() -> None:
     args = parser.parse_args()
 
     print("single points, two calls (peak RSS of the calls above the RSS before them)")
-    print(f"{'atoms':>7} {'edges':>8} {'peak GiB':>9} {'kB/atom':>8} {'kB/edge':>8} {'estimate GiB':>13} "
-          f"{'<= 12 GiB':>10}")
+    print(f"{'atoms':>7} {'edges':>8} {'slots':>8} {'peak GiB':>9} {'kB/atom':>8} {'kB/edge':>8} {'kB/slot':>8} "
+          f"{'estimate GiB':>13} {'<= 12 GiB':>10}")
     for n in args.sizes:
         r = measure(args.model, n)
         if "error" in r:
@@ -78,8 +80,8 @@ def main() -> None:
             continue
         used = r["peak"] - r["before"]
         fits = "yes" if r["peak"] <= 12 * GIB else "NO"
-        print(f"{r['atoms']:>7} {r['edges']:>8} {used / GIB:9.2f} {used / r['atoms'] / 1e3:8.1f} "
-              f"{used / r['edges'] / 1e3:8.1f} {r['estimate'] / GIB:13.2f} {fits:>10}")
+        print(f"{r['atoms']:>7} {r['edges']:>8} {r['slots']:>8} {used / GIB:9.2f} {used / r['atoms'] / 1e3:8.1f} "
+              f"{used / r['edges'] / 1e3:8.1f} {used / r['slots'] / 1e3:8.1f} {r['estimate'] / GIB:13.2f} {fits:>10}")
 
     budget = args.budget_gib * GIB
     print(f"\nbatcher: {args.copies} x 512 atoms with memory_budget = {args.budget_gib:g} GiB "

@@ -79,7 +79,7 @@ def graph_inputs(numbers, positions, cell, i, j, shifts, dtype=np.float64) -> di
 
 def edge_slots(index: np.ndarray, num_atoms: int, width: int | None = None) -> np.ndarray:
     """int64 [num_atoms, k]: row a holds, in edge order, the edges e with ``index[e] == a``, padded with the
-    number of edges (the model's padding edge, zero in every sum); k = the largest count (at least ``width``)."""
+    number of edges (a padding slot of the model, zero in every sum); k = the largest count (at least ``width``)."""
     index = np.asarray(index, dtype=np.int64)
     counts = np.bincount(index, minlength=num_atoms)
     k = max(int(counts.max(initial=0)), width or 0, 1)
@@ -88,6 +88,13 @@ def edge_slots(index: np.ndarray, num_atoms: int, width: int | None = None) -> n
     slots = np.full((num_atoms, k), len(index), dtype=np.int64)
     slots[index[order], np.arange(len(index)) - starts[index[order]]] = order
     return slots
+
+
+def slot_count(inputs: dict[str, np.ndarray]) -> int:
+    """Rows of the model's edge tensors for these inputs: atoms times (the largest receiver count + 1), the
+    model's receiver-slot layout with one padding slot per atom."""
+    n, k = inputs["receiver_slots"].shape
+    return n * (k + 1)
 
 
 def with_slots(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

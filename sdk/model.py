@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtsim.graph import build_graph
+from mtsim.graph import build_graph, slot_count
 from mtsim.kernels import cuda_available
 from mtsim.onnx_format import (
     INPUT_NAMES,
@@ -202,17 +202,18 @@ class Model:
         self.session.run_with_iobinding(binding)
         return dict(zip(PROPERTIES, binding.copy_outputs_to_cpu()))
 
-    def estimate_bytes(self, edges: int) -> float:
-        """Estimated peak memory (bytes) of one evaluation with ``edges`` edges.
+    def estimate_bytes(self, slots: int) -> float:
+        """Estimated peak memory (bytes) of one evaluation whose graph has ``slots`` edge slots
+        (``mtsim.graph.slot_count``: atoms times the largest neighbour count plus one).
 
-        Measured on the CPU for the 1M preset in float32: 24.8 and 26.2 kB per edge at 1,000 and 10,648 atoms
-        (two calls, onnxruntime's arena on); the estimate is ``BYTES_PER_EDGE_CHANNEL_MODULE`` times the channels,
-        the attention modules (4 per block + 5 heads) and the float size, 28 kB per edge here.
+        Measured on the CPU for the 1M preset in float32: SLOTKB kB per slot at 1,000 and 10,648 atoms (two calls,
+        onnxruntime's arena on); the estimate is ``BYTES_PER_SLOT_CHANNEL_MODULE`` times the channels, the
+        attention modules (4 per block + 5 heads) and the float size, 28 kB per slot here.
         """
         config = json.loads(self.metadata.get("model_config", "{}"))
         modules = 4 * config.get("num_blocks", 2) + 5
-        per_edge = BYTES_PER_EDGE_CHANNEL_MODULE * config.get("dim", 128) * modules * self.dtype.itemsize
-        return per_edge * edges
+        per_slot = BYTES_PER_SLOT_CHANNEL_MODULE * config.get("dim", 128) * modules * self.dtype.itemsize
+        return per_slot * slots
 
     def predict(self, structures, properties: Sequence[str] | None = None, batch_size: int | None = None,
                 allow_overlap: bool = False) -> Prediction | list[Prediction]:
@@ -240,7 +241,7 @@ class Model:
             chunk = pending.pop(0)
             graph = build_graph(chunk, self.cutoff, dtype=self.dtype, check_overlap=not allow_overlap,
                                 neighbors=self.neighbors)
-            need = self.estimate_bytes(graph["edge_index"].shape[1])
+            need = self.estimate_bytes(slot_count(graph))
             if need > budget:
                 if len(chunk) == 1:
                     raise MemoryError(
@@ -263,8 +264,8 @@ class Model:
 
 ATOM_BUDGET = 2048
 """Atoms per batch when evaluating lists of structures."""
-BYTES_PER_EDGE_CHANNEL_MODULE = 4.2
-"""Peak memory per edge, channel, attention module and byte of float (onnxruntime CPU, measured)."""
+BYTES_PER_SLOT_CHANNEL_MODULE = 4.2
+"""Peak memory per edge slot, channel, attention module and byte of float (onnxruntime CPU, measured)."""
 
 
 def available_memory() -> float:

@@ -275,31 +275,47 @@ def test_edge_slots_list_each_atoms_edges_in_order():
     assert edge_slots(index, 7, width=20).shape == (7, 20)  # extra padding columns are allowed
 
 
-def test_edge_sum_and_gather_equal_scatter_add_and_index_select_to_second_order():
-    """The gather-based sum over each atom's edges and its backward are exact (double backward for training), for
-    edge tensors whose padding row (after the e edges) is zero, as the model's mask makes every summed tensor and
-    every gathered tensor's gradient."""
+def test_slot_sum_and_gather_equal_scatter_add_and_index_select_to_second_order():
+    """The receiver-slot layout (``slot_graph``) lists every edge once, and the gather-based sum over each atom's
+    slots as sender and its backward are exact (double backward for training), for slot tensors whose padding
+    slots are zero, as the model's mask makes every summed tensor and every gathered tensor's gradient."""
     from mtsim.graph import edge_slots
-    from mtsim.training.model import EdgeGather, EdgeSum
+    from mtsim.training.model import SlotGather, SlotSum, slot_graph
 
     rng = np.random.default_rng(1)
-    index = torch.from_numpy(rng.integers(0, 5, size=23))
-    slots = torch.from_numpy(edge_slots(index.numpy(), 6))
-    padded_index = torch.cat([index, torch.zeros_like(index[:1])])  # the padding edge belongs to atom 0
+    n, e = 6, 23
+    edge_index = torch.from_numpy(np.stack([rng.permutation(np.arange(e) % n), rng.integers(0, n, size=e)]))
+    shifts = torch.from_numpy(rng.integers(-1, 2, size=(e, 3)).astype(float))
+    receiver_slots, sender_slots = (torch.from_numpy(edge_slots(edge_index[k].numpy(), n)) for k in (0, 1))
+    graph, slot_shifts, is_self = slot_graph(edge_index, shifts, receiver_slots, sender_slots)
+    k = receiver_slots.shape[1] + 1
+    assert graph.senders.shape == (n, k) and not graph.is_edge[:, -1].any()
+    # each edge sits in one slot of its receiver, with its sender and shift; padding slots: sender 0, shift 0
+    slots = torch.cat([receiver_slots, torch.full((n, 1), e)], 1)
+    rows = torch.arange(n)[:, None].expand(n, k)
+    assert sorted(slots[graph.is_edge].tolist()) == list(range(e))
+    assert (edge_index[0][slots[graph.is_edge]] == rows[graph.is_edge]).all()
+    assert (edge_index[1][slots[graph.is_edge]] == graph.senders[graph.is_edge]).all()
+    assert (shifts[slots[graph.is_edge]] == slot_shifts[graph.is_edge]).all()
+    assert (graph.senders[~graph.is_edge] == 0).all() and (slot_shifts[~graph.is_edge] == 0).all()
+    self_edge = (rows == graph.senders) & (slot_shifts == 0).all(-1)
+    assert (is_self[graph.is_edge] == self_edge[graph.is_edge]).all() and is_self[~graph.is_edge].all()
 
-    def padded(t):
-        return torch.cat([t, torch.zeros_like(t[:1])])
+    def padded(t):  # an edge tensor [e,...] in the slot layout, zero on padding slots
+        return torch.cat([t, torch.zeros_like(t[:1])])[slots]
 
-    src = torch.tensor(rng.normal(size=(23, 3, 2)), requires_grad=True)
-    x = torch.tensor(rng.normal(size=(6, 3, 2)), requires_grad=True)
-    reference = torch.zeros(6, 3, 2, dtype=src.dtype).index_add(0, index, src)
-    torch.testing.assert_close(EdgeSum.apply(padded(src), padded_index, slots), reference, rtol=1e-15, atol=1e-15)
-    torch.testing.assert_close(EdgeGather.apply(x, padded_index, slots), x[padded_index], rtol=0, atol=0)
-    torch.autograd.gradcheck(lambda s: EdgeSum.apply(padded(s), padded_index, slots), (src,))
-    torch.autograd.gradgradcheck(lambda s: EdgeSum.apply(padded(s), padded_index, slots) ** 2, (src,))
-    # the gradient's padding row is zero when only the e edge rows are used
-    torch.autograd.gradcheck(lambda v: EdgeGather.apply(v, padded_index, slots)[:-1], (x,))
-    torch.autograd.gradgradcheck(lambda v: EdgeGather.apply(v, padded_index, slots)[:-1] ** 2, (x,))
+    src = torch.tensor(rng.normal(size=(e, 3, 2)), requires_grad=True)
+    x = torch.tensor(rng.normal(size=(n, 3, 2)), requires_grad=True)
+    senders, positions = graph.senders, graph.sender_positions
+    reference = torch.zeros(n, 3, 2, dtype=src.dtype).index_add(0, edge_index[1], src)
+    torch.testing.assert_close(SlotSum.apply(padded(src), senders, positions), reference, rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(SlotGather.apply(x, senders, positions), x[senders], rtol=0, atol=0)
+    torch.autograd.gradcheck(lambda s: SlotSum.apply(padded(s), senders, positions), (src,))
+    torch.autograd.gradgradcheck(lambda s: SlotSum.apply(padded(s), senders, positions) ** 2, (src,))
+    # the gradient is zero on padding slots when only the edge slots are used
+    edge = graph.is_edge[:, :, None, None]
+    torch.autograd.gradcheck(lambda v: SlotGather.apply(v, senders, positions) * edge, (x,))
+    torch.autograd.gradgradcheck(lambda v: (SlotGather.apply(v, senders, positions) * edge) ** 2, (x,))
 
 
 def test_given_slots_equal_computed_slots(model, structures):

@@ -295,7 +295,7 @@ def test_memory_budget_splits_batches_and_refuses_early(exported):
     model = mtsim.load(exported[1], device="cpu")
     items = structures()
     reference = model.predict(items)
-    largest = max(model.estimate_bytes(len(mtsim.graph.build_graph([s], 5.0)["shifts"])) for s in items)
+    largest = max(model.estimate_bytes(mtsim.graph.slot_count(mtsim.graph.build_graph([s], 5.0))) for s in items)
     model.memory_budget = 1.01 * largest  # room for each structure alone, not for the whole list
     split = model.predict(items)
     for ref, got in zip(reference, split):

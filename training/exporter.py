@@ -21,7 +21,7 @@ onnxruntime 1.3x):
 4. The ONNX model is post-processed: IR version pinned (``IR_VERSION``; onnx 1.23 writes IR 14 which
    onnxruntime 1.31 refuses), metadata added, and ``check_graph`` run: no ``ScatterND`` with
    ``reduction="add"`` (onnxruntime's CPU kernel races with more than one thread: forces wrong and different
-   every run; the model sums over edges with ``EdgeSum``/``EdgeGather``, which become ``Gather`` + ``ReduceSum``,
+   every run; the model sums over edges with ``SlotSum`` and over slots, which become ``Gather`` + ``ReduceSum``,
    and over atoms with ``scatter_add``, which becomes ``ScatterElements``), every input and output dim that the
    contract makes dynamic is still symbolic, and every float tensor (inputs, outputs, initializers, constants,
    casts) has the file's precision.
@@ -187,11 +187,24 @@ def _shape(node) -> tuple[str, ...] | None:
     return tuple(str(size) for size in value.shape) if isinstance(value, torch.Tensor) else None
 
 
+def _broadcast(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The broadcast of two shapes (as ``_shape`` gives them), None where they do not broadcast."""
+    if len(a) != len(b):
+        return None
+    out = []
+    for x, y in zip(a, b):
+        if x != y and "1" not in (x, y):
+            return None
+        out.append(y if x == "1" else x)
+    return tuple(out)
+
+
 def drop_broadcast_expands(graph_module) -> int:
     """Let element-wise ops broadcast instead of reading a materialised ``expand``: autograd's backward of a sum
-    expands the gradient (e.g. [e,3,8,1] -> [e,3,8,16]), a view in eager but a copy in onnxruntime (its ``Expand``
-    of a size-1 innermost dim cost more than the two products that read it). Where the other operand already has
-    the expanded shape, broadcasting gives the same numbers. Returns the number of inputs rewired."""
+    expands the gradient (e.g. [n,k,8,1] -> [n,k,8,16]), a view in eager but a copy in onnxruntime (its ``Expand``
+    of a size-1 innermost dim cost more than the two products that read it). Where broadcasting the expand's input
+    with the other operand gives the expanded shape, the numbers are the same. Returns the number of inputs
+    rewired."""
     aten = torch.ops.aten
     broadcasting = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.div.Tensor}
     rewired = 0
@@ -202,7 +215,8 @@ def drop_broadcast_expands(graph_module) -> int:
             if user.target not in broadcasting or len(user.args) != 2 or user.args[0] is user.args[1]:
                 continue
             other = user.args[1] if user.args[0] is node else user.args[0]
-            if isinstance(other, torch.fx.Node) and _shape(other) == _shape(node) is not None:
+            if isinstance(other, torch.fx.Node) and _shape(other) and _shape(node) is not None \
+                    and _broadcast(_shape(node.args[0]), _shape(other)) == _shape(node):
                 user.replace_input_with(node, node.args[0])
                 rewired += 1
     graph_module.graph.eliminate_dead_code()
@@ -211,18 +225,18 @@ def drop_broadcast_expands(graph_module) -> int:
 
 
 REMATERIALIZE_GAP = 40
-"""Graph nodes between two uses of a gathered edge tensor beyond which the later use gathers again."""
+"""Graph nodes between two uses of a gathered slot tensor beyond which the later use gathers again."""
 
 
 def rematerialize_gathers(graph_module) -> int:
-    """Gather again (``index_select``, atoms -> edges) right before each use far from the previous one, typically
-    in the backward pass, instead of keeping the edge tensor alive in between: the atom tensor it reads is e/n
-    (~30) times smaller.
+    """Gather again (``index_select`` from atoms and its ``view`` to slots) right before each use far from the
+    previous one, typically in the backward pass, instead of keeping the slot tensor alive in between: the atom
+    tensor it reads is k (~30) times smaller.
 
-    onnxruntime runs a node soon after its inputs exist, so a copy that only read the atom tensor and the edge
-    index would run early again. Each copy's index therefore also reads the latest other input of the copy's
-    first use, ``index + 0 * sum(t[:1] == t[:1])`` (zero, also for NaN or an empty t), which holds it back until
-    that input exists. Returns the number of copies added."""
+    onnxruntime runs a node soon after its inputs exist, so a copy that only read the atom tensor and the index
+    would run early again. Each copy's index therefore also reads the latest other input of the copy's first use,
+    ``index + 0 * sum(t[:1] == t[:1])`` (zero, also for NaN or an empty t), which holds it back until that input
+    exists. Returns the number of copies added."""
     aten = torch.ops.aten
     graph = graph_module.graph
     order = {node: k for k, node in enumerate(graph.nodes)}
@@ -230,13 +244,16 @@ def rematerialize_gathers(graph_module) -> int:
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target != aten.index_select.default:
             continue
-        holder, last = node, order[node]
-        for user in sorted(node.users, key=order.get):
+        value = node
+        if len(node.users) == 1 and next(iter(node.users)).target in (aten.view.default, aten.reshape.default):
+            value = next(iter(node.users))
+        holder, last = value, order[value]
+        for user in sorted(value.users, key=order.get):
             if order[user] - last > REMATERIALIZE_GAP:
-                holder = _late_gather(graph, node, user, order)
+                holder = _late_gather(graph, node, value, user, order)
                 added += 1
-            if holder is not node:
-                user.replace_input_with(node, holder)
+            if holder is not value:
+                user.replace_input_with(value, holder)
             last = order[user]
     graph.eliminate_dead_code()
     graph.lint()
@@ -244,8 +261,9 @@ def rematerialize_gathers(graph_module) -> int:
     return added
 
 
-def _late_gather(graph, gather, user, order):
-    """A copy of ``gather`` placed before ``user`` whose index also depends on ``user``'s latest other input."""
+def _late_gather(graph, gather, value, user, order):
+    """A copy of ``gather`` (and of ``value``, its view, if not the gather itself) placed before ``user``, whose
+    index also depends on ``user``'s latest other input."""
     aten = torch.ops.aten
 
     def call(target, *args, **kwargs):  # a new node just before user, also in the order
@@ -254,12 +272,15 @@ def _late_gather(graph, gather, user, order):
         return node
 
     source, dim, index = gather.args
-    others = [a for a in user.all_input_nodes if a is not gather and isinstance(a.meta.get("val"), torch.Tensor)]
+    others = [a for a in user.all_input_nodes if a is not value and isinstance(a.meta.get("val"), torch.Tensor)]
     with graph.inserting_before(user):
         if others:
             index = call(aten.add.Tensor, index, _zero_after(call, max(others, key=order.get), torch.int64))
         copy = call(gather.target, source, dim, index, **gather.kwargs)
-    copy.meta = dict(gather.meta)
+        copy.meta = dict(gather.meta)
+        if value is not gather:
+            copy = call(value.target, copy, *value.args[1:], **value.kwargs)
+            copy.meta = dict(value.meta)
     return copy
 
 
@@ -273,17 +294,15 @@ def _zero_after(call, tensor, dtype: torch.dtype):
 
 
 def widen_innermost_broadcasts(graph_module) -> int:
-    """Products of an edge tensor with a per-head factor broadcast along the innermost dim ([e,..,H,1] x
-    [e,..,H,D], attention weights times values and their gradients) read the factor widened to [e,..,H,D] by a
-    product with the constant 0/1 matrix ``repeat_interleave(eye(H), D)`` [H, H*D]: onnxruntime's CPU ``Mul``
+    """Products of a slot tensor with a per-head factor broadcast along the innermost dim ([n,k,..,H,1] x
+    [n,k,..,H,D], attention weights times values and their gradients) read the factor widened to [n,k,..,H,D] by
+    a product with the constant 0/1 matrix ``repeat_interleave(eye(H), D)`` [H, H*D]: onnxruntime's CPU ``Mul``
     broadcasting a size-1 innermost dim ran ~3x slower than an element-wise one, its ``Expand`` slower still,
     and the small ``MatMul`` costs a tenth of that. Each widened entry is ``a * 1`` plus ``H - 1`` terms
-    ``a' * 0``: exactly ``a`` for finite factors. Only edge tensors (first dim e + 1, the padding edge included) are
+    ``a' * 0``: exactly ``a`` for finite factors. Only slot tensors (two leading symbolic dims, n and k) are
     rewritten. Returns the number of products rewritten."""
     aten = torch.ops.aten
     graph = graph_module.graph
-    edge_index = [node for node in graph.nodes if node.op == "placeholder"][INPUT_NAMES.index("edge_index")]
-    rows = str(edge_index.meta["val"].shape[1] + 1)
     rewritten = 0
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target != aten.mul.Tensor or len(node.args) != 2:
@@ -291,12 +310,13 @@ def widen_innermost_broadcasts(graph_module) -> int:
         if not all(isinstance(a, torch.fx.Node) and _shape(a) for a in node.args):
             continue
         shapes = [_shape(a) for a in node.args]
-        if len(shapes[0]) != len(shapes[1]) or len(shapes[0]) < 3 or shapes[0][0] != rows or shapes[1][0] != rows:
+        if len(shapes[0]) != len(shapes[1]) or len(shapes[0]) < 4 or shapes[0][0] != shapes[1][0] \
+                or shapes[0][0].isdigit():
             continue
         for factor, other in ((0, 1), (1, 0)):
             f, o = shapes[factor], shapes[other]
-            if f[-1] == "1" and o[-1].isdigit() and int(o[-1]) > 1 and f[-2] == o[-2] \
-                    and all(size.isdigit() for size in f[1:]):
+            if f[-1] == "1" and o[-1].isdigit() and int(o[-1]) > 1 and f[-2] == o[-2] and not f[1].isdigit() \
+                    and o[1] in (f[1], "1") and all(size.isdigit() for size in f[2:]):
                 heads, channels = int(f[-2]), int(o[-1])
                 name = f"_widen_{heads}x{channels}"
                 dtype = node.args[factor].meta["val"].dtype
@@ -310,7 +330,9 @@ def widen_innermost_broadcasts(graph_module) -> int:
                     matrix = graph.call_function(aten.add.Tensor, (graph.get_attr(name), zero))
                     flat = graph.call_function(aten.reshape.default, (node.args[factor], [-1, heads]))
                     wide = graph.call_function(aten.mm.default, (flat, matrix))
-                    wide = graph.call_function(aten.reshape.default, (wide, [-1, *map(int, f[1:-1]), channels]))
+                    slots = graph.call_function(aten.sym_size.int, (node.args[factor], 1))
+                    wide = graph.call_function(aten.reshape.default,
+                                               (wide, [-1, slots, *map(int, f[2:-1]), channels]))
                 node.replace_input_with(node.args[factor], wide)
                 rewritten += 1
                 break

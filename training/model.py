@@ -14,13 +14,14 @@ Implements ``shared/design/model-spec.md``. One forward pass maps the flat-edge 
 =============== ========== =============================================================
 
 Implementation rules that keep the model exportable to a fixed ONNX graph (see ``mtsim.training.export``):
-per-edge gathers and per-atom sums over edges are ``EdgeGather``/``EdgeSum``, which are each other's backward and
-sum by gathering each atom's edges through the slot inputs (``mtsim.graph.edge_slots``), so the traced graph has
-no scatter over edges at all. Every edge tensor has one row more than there are edges: the padding edge, whose
-mask is zero, so that its row is zero in every tensor summed over edges and in the gradient of every gathered
-one; the slots' padding index points at it; the few atom <-> structure gathers and sums use ``Tensor.gather`` and
-``Tensor.scatter_add`` (never ``index_put``/``ScatterND``); no data-dependent control flow; GELU is the tanh form,
-which every onnxruntime kernel has in float32 and float64.
+edge tensors are in the receiver-slot layout [n,k,...] (``slot_graph``: each atom's edges as receiver, from the
+``receiver_slots`` input, plus padding slots whose mask is zero, so they are zero in every tensor summed over
+edges and in the gradient of every gathered one). Receiver features broadcast over the slots, sums over an atom's
+edges are sums over k, and sender features are gathered with ``SlotGather``, whose backward ``SlotSum`` gathers
+each atom's slots as sender (``sender_slots``) and sums them: the traced graph has no scatter over edges at all.
+The few atom <-> structure gathers and sums use ``Tensor.gather`` and ``Tensor.scatter_add`` (never
+``index_put``/``ScatterND``); no data-dependent control flow; GELU is the tanh form, which every onnxruntime
+kernel has in float32 and float64.
 """
 
 from __future__ import annotations
@@ -77,17 +78,37 @@ def scatter_sum(src: Tensor, index: Tensor, size: int) -> Tensor:
     return out.scatter_add(0, index.view(-1, *([1] * (src.dim() - 1))).expand_as(src), src)
 
 
-def padded_rows(src: Tensor, slots: Tensor) -> Tensor:
-    """[n,k,...]: the rows of ``src`` [e+1,...] listed in ``slots`` [n,k] (the padding index e reads the padding
-    edge's row)."""
-    return src.index_select(0, slots.reshape(-1)).view(*slots.shape, *src.shape[1:])
+class SlotGather(torch.autograd.Function):
+    """``x[senders]`` ([n,...] -> [n,k,...]: the sender atom of each receiver slot); backward: ``SlotSum`` over
+    ``positions`` (each atom's slots as sender, see ``Graph``), exact where the gradient's padding slots are zero
+    (as in the model, by its mask)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, senders: Tensor, positions: Tensor) -> Tensor:
+        ctx.save_for_backward(senders, positions)
+        return x.index_select(0, senders.reshape(-1)).view(*senders.shape, *x.shape[1:])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        senders, positions = ctx.saved_tensors
+        return SlotSum.apply(grad, senders, positions), None, None
 
 
-def slot_max(src: Tensor, slots: Tensor) -> Tensor:
-    """[n,...]: the maximum of ``src`` [e+1,...] over each atom's edges, the padding edge left out (padding repeats
-    the atom's first edge, so every atom needs one: the self edge)."""
-    filled = torch.where(slots < src.shape[0] - 1, slots, slots[:, :1])
-    return src.index_select(0, filled.reshape(-1)).view(*slots.shape, *src.shape[1:]).amax(1)
+class SlotSum(torch.autograd.Function):
+    """``out[a] = sum of src[s] over the slots s whose sender is a`` ([n,k,...] -> [n,...]), computed as a gather of
+    each atom's slots (``positions`` [n,ks], flat slot indices, padded with a padding slot's) and a sum over them,
+    in edge order. Padding slots of ``src`` must be zero. Backward: ``SlotGather``."""
+
+    @staticmethod
+    def forward(ctx, src: Tensor, senders: Tensor, positions: Tensor) -> Tensor:
+        ctx.save_for_backward(senders, positions)
+        rows = src.reshape(-1, *src.shape[2:]).index_select(0, positions.reshape(-1))
+        return rows.view(*positions.shape, *src.shape[2:]).sum(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        senders, positions = ctx.saved_tensors
+        return SlotGather.apply(grad, senders, positions), None, None
 
 
 def channel_chunks(x: Tensor, parts: int) -> tuple[Tensor, ...]:
@@ -96,37 +117,6 @@ def channel_chunks(x: Tensor, parts: int) -> tuple[Tensor, ...]:
     which the CUDA provider lacks, so whole edge tensors went to the CPU and back; plain slices have a
     zeros + ``ScatterND`` backward.)"""
     return x.unflatten(-1, (parts, x.shape[-1] // parts)).unbind(-2)
-
-
-class EdgeSum(torch.autograd.Function):
-    """``out[a] = sum of src[e] over the edges e with index[e] == a`` ([e+1,...] -> [n,...]), computed as a gather
-    of each atom's edges (``slots``, see ``mtsim.graph.edge_slots``) and a sum over them, in edge order. The last
-    row of ``src`` (the padding edge, read by the padding slots) must be zero. Backward: ``EdgeGather``."""
-
-    @staticmethod
-    def forward(ctx, src: Tensor, index: Tensor, slots: Tensor) -> Tensor:
-        ctx.save_for_backward(index, slots)
-        return padded_rows(src, slots).sum(1)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        index, slots = ctx.saved_tensors
-        return EdgeGather.apply(grad, index, slots), None, None
-
-
-class EdgeGather(torch.autograd.Function):
-    """``x[index]`` ([n,...] -> [e+1,...], ``index`` includes the padding edge); backward: ``EdgeSum`` over the
-    same index and slots, exact where the gradient's padding row is zero (as in the model, by its mask)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, index: Tensor, slots: Tensor) -> Tensor:
-        ctx.save_for_backward(index, slots)
-        return x.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        index, slots = ctx.saved_tensors
-        return EdgeSum.apply(grad, index, slots), None, None
 
 
 def _slots(edge_index: Tensor, num_atoms: int) -> tuple[Tensor, Tensor]:
@@ -153,40 +143,65 @@ def triple_product(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
 
 @dataclass
 class Graph:
-    """Per-edge geometry shared by every module of one forward pass."""
+    """Per-edge geometry shared by every module of one forward pass, in the receiver-slot layout [n,k,...]: slot
+    (i, c) is edge ``slots[i, c]`` of receiver i, or padding (a copy of atom i's first edge with mask zero); every
+    atom has at least one padding slot (column k - 1)."""
 
-    receiver: Tensor  # i [e+1], the last entry the padding edge's (atom 0)
-    sender: Tensor  # j [e+1]
-    receiver_slots: Tensor  # [n,kr], see mtsim.graph.edge_slots
-    sender_slots: Tensor  # [n,ks]
-    mask: Tensor = None  # m_ij [e+1]; zero for the padding edge
-    unit: Tensor = None  # r_ij / |r_ij| [e+1,3]; zero on self edges and the padding edge
-    basis: Tensor = None  # Phi(|r_ij|) [e+1,K]
+    senders: Tensor  # j of each slot [n,k] (padding: the atom's first edge's)
+    sender_positions: Tensor  # [n,ks] flat slot indices of each atom's edges as sender, padded with slot k - 1
+    is_edge: Tensor  # [n,k] bool, False on padding slots
+    mask: Tensor = None  # m_ij [n,k]; zero on padding slots
+    unit: Tensor = None  # r_ij / |r_ij| [n,k,3]; zero on self edges
+    basis: Tensor = None  # Phi(|r_ij|) [n,k,K]
 
     def at_receivers(self, x: Tensor) -> Tensor:
-        """x_i per edge."""
-        return EdgeGather.apply(x, self.receiver, self.receiver_slots)
+        """x_i per slot, [n,1,...] (broadcasts over the slots)."""
+        return x.unsqueeze(1)
 
     def at_senders(self, x: Tensor) -> Tensor:
-        """x_j per edge."""
-        return EdgeGather.apply(x, self.sender, self.sender_slots)
+        """x_j per slot, [n,k,...]."""
+        return SlotGather.apply(x, self.senders, self.sender_positions)
 
     def sum_at_receivers(self, src: Tensor) -> Tensor:
-        """sum_j src_ij per atom i."""
-        return EdgeSum.apply(src, self.receiver, self.receiver_slots)
+        """sum_j src_ij per atom i (``src`` [n,k,...] zero on padding slots)."""
+        return src.sum(1)
 
     def aggregate(self, logits: Tensor, values: Tensor) -> Tensor:
         """Renormalised smooth-mask attention: sum_j w_ij V_j, w_ij = exp(a_ij) m_ij / sum_k exp(a_ik) m_ik.
 
-        ``logits`` [e,H]; ``values`` [e,...,H,dh] (already gathered at the senders). The maximum subtracted for
-        stability is detached: it cancels exactly, so gradients are unchanged.
+        ``logits`` [n,k,H]; ``values`` [n,k,...,H,dh] (already gathered at the senders). The maximum subtracted
+        for stability is over the atom's edges (not its padding) and detached: it cancels exactly, so gradients
+        are unchanged.
         """
-        top = slot_max(logits.detach(), self.receiver_slots)
-        weight = torch.exp(logits - top.index_select(0, self.receiver)) * self.mask[:, None]
-        norm = self.sum_at_receivers(weight)
-        weight = weight.view(weight.shape[0], *([1] * (values.dim() - 3)), weight.shape[1], 1)
-        out = self.sum_at_receivers(weight * values)
-        return out / norm.view(norm.shape[0], *([1] * (values.dim() - 3)), norm.shape[1], 1)
+        logits_ = logits.detach()
+        top = torch.where(self.is_edge[:, :, None], logits_, logits_[:, :1]).amax(1, keepdim=True)
+        weight = torch.exp(logits - top) * self.mask[:, :, None]
+        norm = weight.sum(1)
+        extra = [1] * (values.dim() - 4)
+        out = (weight.view(*weight.shape[:2], *extra, weight.shape[2], 1) * values).sum(1)
+        return out / norm.view(norm.shape[0], *extra, norm.shape[1], 1)
+
+
+def slot_graph(edge_index: Tensor, shifts: Tensor, receiver_slots: Tensor, sender_slots: Tensor
+               ) -> tuple[Graph, Tensor, Tensor]:
+    """The receiver-slot ``Graph`` (geometry still unset), each slot's image shift [n,k,3] and whether it is a
+    self edge (i, i, 0) [n,k]. The contract's slots (padded with e, the number of edges) get one padding column
+    more, so that every atom has a padding slot; padding slots hold the padding edge (atom 0 to itself, shift 0).
+    (No ``arange``: its export has float constants, which a float64 file must not hold.)"""
+    e = shifts.shape[0]
+    slots = torch.cat([receiver_slots, torch.full_like(receiver_slots[:, :1], e)], 1)
+    n, k = slots.shape
+    flat = slots.reshape(-1)
+    edge_index = torch.cat([edge_index, torch.zeros_like(edge_index[:, :1])], 1)
+    shifts = torch.cat([shifts, torch.zeros_like(shifts[:1])])
+    senders = edge_index[1].index_select(0, flat).view(n, k)
+    slot_shifts = shifts.index_select(0, flat).view(n, k, 3)
+    is_self = ((edge_index[0] == edge_index[1]) & (shifts == 0).all(dim=1)).index_select(0, flat).view(n, k)
+    # flat slot index of each edge (the padding edge's: slot k - 1 of atom 0), read at each atom's sender slots
+    where = torch.zeros_like(edge_index[0]).scatter(0, flat, torch.ones_like(flat).cumsum(0) - 1)
+    where = torch.cat([where[:-1], torch.full_like(where[:1], k - 1)])
+    positions = where.index_select(0, sender_slots.reshape(-1)).view(sender_slots.shape)
+    return Graph(senders, positions, flat.view(n, k) < e), slot_shifts, is_self
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -199,7 +214,7 @@ class GaussianBasis(nn.Module):
         self.log_widths = nn.Parameter(torch.full((num,), math.log(cutoff / num)))
 
     def forward(self, d: Tensor) -> Tensor:
-        z = (d[:, None] - self.means) * torch.exp(-self.log_widths)
+        z = (d[..., None] - self.means) * torch.exp(-self.log_widths)
         return torch.exp(-0.5 * z * z)
 
 
@@ -239,7 +254,7 @@ class Attention(nn.Module):
         k_j = graph.at_senders(self.heads(k))
         logits = (q_i * k_j).sum(-1)
         if components > 1:
-            logits = logits.sum(1)
+            logits = logits.sum(2)
         logits = logits / math.sqrt(components * self.head_dim)
         out = graph.aggregate(logits, graph.at_senders(self.heads(v)))
         return out.flatten(-2)
@@ -410,21 +425,16 @@ class MTModel(nn.Module):
             cell_ = cell + torch.bmm(cell, symmetric)
         else:
             positions_, cell_ = positions, cell
-        # the padding edge (a self edge of atom 0, mask zero) after the e edges: the slots' padding index e reads it
-        is_edge = torch.cat([torch.ones_like(shifts[:, 0]), torch.zeros_like(shifts[:1, 0])])
-        edge_index = torch.cat([edge_index, torch.zeros_like(edge_index[:, :1])], 1)
-        shifts = torch.cat([shifts, torch.zeros_like(shifts[:1])])
-        graph = Graph(edge_index[0], edge_index[1], receiver_slots, sender_slots)
-        receiver, sender = graph.receiver, graph.sender
+        graph, slot_shifts, is_self = slot_graph(edge_index, shifts, receiver_slots, sender_slots)
+        # r_ij = x_j - x_i + sum_k S_k cell_k, the last as a broadcast product and a sum: onnxruntime ran the
+        # batched 3x3 matmul of an einsum and its backward at ~30x the cost of the element-wise ops
         r = graph.at_senders(positions_) - graph.at_receivers(positions_)
-        # sum_k S_k cell_k as a broadcast product and a sum: onnxruntime ran the [e,1,3] x [e,3,3] batched matmul
-        # of an einsum and its backward at ~30x the cost of the element-wise ops (90 ms at 4,096 atoms)
-        r = r + (shifts[:, :, None] * graph.at_receivers(gather(cell_, batch))).sum(1)
-        is_self = (receiver == sender) & (shifts == 0).all(dim=1)
+        r = r + (slot_shifts[:, :, :, None] * gather(cell_, batch)[:, None]).sum(2)
         d2 = (r * r).sum(-1)
         d = torch.where(is_self, torch.zeros_like(d2), torch.sqrt(torch.where(is_self, torch.ones_like(d2), d2)))
-        unit = r / torch.where(is_self, torch.ones_like(d), d)[:, None]
-        graph.mask, graph.unit, graph.basis = smooth_cutoff(d, self.config.cutoff) * is_edge, unit, self.basis(d)
+        unit = r / torch.where(is_self, torch.ones_like(d), d)[..., None]
+        graph.mask = smooth_cutoff(d, self.config.cutoff) * graph.is_edge.to(d.dtype)
+        graph.unit, graph.basis = unit, self.basis(d)
 
         x, e = self.embed(graph, numbers)
         for block in self.blocks:
@@ -454,10 +464,10 @@ class MTModel(nn.Module):
 
     def embed(self, graph: Graph, numbers: Tensor) -> tuple[Tensor, Tensor]:
         """x_i = emb(Z_i) + Linear(sum_j m_ij Phi(d_ij)); e_i = W sum_j m_ij Phi(d_ij) ⊗ r̂_ij (self edge: r̂ = 0)."""
-        weighted = graph.mask[:, None] * graph.basis  # [e,K]
+        weighted = graph.mask[..., None] * graph.basis  # [n,k,K]
         centrality = graph.sum_at_receivers(weighted)
         x = self.atom_embedding(numbers) + self.centrality(centrality)
-        directional = graph.sum_at_receivers(graph.unit[:, :, None] * weighted[:, None, :])
+        directional = graph.sum_at_receivers(graph.unit[..., :, None] * weighted[..., None, :])
         return x, self.equivariant_embedding(directional)
 
     def born_charges(self, graph, x, e, batch, b, atoms_per_structure) -> Tensor:
@@ -469,10 +479,10 @@ class MTModel(nn.Module):
         p, q, s = self.born_head(graph, x, e).unbind(-1)
         m, unit = graph.mask, graph.unit
         mq, ms = m * graph.at_senders(q), m * graph.at_senders(s)
-        outer = unit[:, :, None] * unit[:, None, :]  # r̂_ij ⊗ r̂_ij = r̂_ji ⊗ r̂_ji
-        pair = graph.sum_at_receivers((mq + ms * mq)[:, None, None] * outer)
-        a = graph.sum_at_receivers(-ms[:, None] * unit)  # r̂_ki = -r̂_ik
-        b_vec = graph.sum_at_receivers(mq[:, None] * unit)
+        outer = unit[..., :, None] * unit[..., None, :]  # r̂_ij ⊗ r̂_ij = r̂_ji ⊗ r̂_ji
+        pair = graph.sum_at_receivers((mq + ms * mq)[..., None, None] * outer)
+        a = graph.sum_at_receivers(-ms[..., None] * unit)  # r̂_ki = -r̂_ik
+        b_vec = graph.sum_at_receivers(mq[..., None] * unit)
         z = self.born_scale * p[:, None, None] * (pair + a[:, :, None] * b_vec[:, None, :])
         mean = scatter_sum(z, batch, b) / atoms_per_structure[:, None, None]
         return z - gather(mean, batch)
@@ -481,8 +491,8 @@ class MTModel(nn.Module):
         """eps = I + (1/N) sum_i sum_j m_ij p'_i q'_j r̂_ji ⊗ r̂_ji."""
         p, q = self.dielectric_head(graph, x, e).unbind(-1)
         mq = graph.mask * graph.at_senders(q)
-        outer = graph.unit[:, :, None] * graph.unit[:, None, :]
-        per_atom = p[:, None, None] * graph.sum_at_receivers(mq[:, None, None] * outer)
+        outer = graph.unit[..., :, None] * graph.unit[..., None, :]
+        per_atom = p[:, None, None] * graph.sum_at_receivers(mq[..., None, None] * outer)
         eps = scatter_sum(per_atom, batch, b) / atoms_per_structure[:, None, None]
         return torch.eye(3, dtype=eps.dtype, device=eps.device) + self.dielectric_scale * eps
 
