@@ -49,8 +49,8 @@ for _ in range(1 if copies > 1 else 2):
     model.predict([atoms] * copies if copies > 1 else atoms)
 seconds = time.perf_counter() - start
 peak = status("VmHWM")
-print(json.dumps({"atoms": len(atoms), "edges": edges, "slots": slots, "estimate": estimate, "before": before, "peak": peak,
-                  "seconds": seconds}))
+print(json.dumps({"atoms": len(atoms), "edges": edges, "slots": slots, "estimate": estimate, "before": before,
+                  "peak": peak, "seconds": seconds}))
 """
 
 
