@@ -138,7 +138,7 @@ class Model:
             # onnxruntime's memory pattern is planned per input shape: the first two calls of each new shape (a
             # rebuilt neighbour list in MD) ran 2-3x slower and from the second call on it held a second copy of
             # every buffer (1,000 atoms: peak 2.98 GiB instead of 1.50). Nodes run in graph order, which the
-            # export's gather rematerialisation relies on (peak 1.27 GiB without it, 0.67 with it; same speed)
+            # export's gather rematerialisation relies on (it halves the peak; same speed)
             options.enable_mem_pattern = False
             options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         if threads is not None:
@@ -206,9 +206,9 @@ class Model:
         """Estimated peak memory (bytes) of one evaluation whose graph has ``slots`` edge slots
         (``mtsim.graph.slot_count``: atoms times the largest neighbour count plus one).
 
-        Measured on the CPU for the 1M preset in float32: SLOTKB kB per slot at 1,000 and 10,648 atoms (two calls,
-        onnxruntime's arena on); the estimate is ``BYTES_PER_SLOT_CHANNEL_MODULE`` times the channels, the
-        attention modules (4 per block + 5 heads) and the float size, 28 kB per slot here.
+        Measured on the CPU for the 1M preset in float32: 18.4 and 17.9 kB per slot at 1,000 and 10,648 atoms (two
+        calls, onnxruntime's arena on); the estimate is ``BYTES_PER_SLOT_CHANNEL_MODULE`` times the channels, the
+        attention modules (4 per block + 5 heads) and the float size, 20.6 kB per slot here.
         """
         config = json.loads(self.metadata.get("model_config", "{}"))
         modules = 4 * config.get("num_blocks", 2) + 5
@@ -264,7 +264,7 @@ class Model:
 
 ATOM_BUDGET = 2048
 """Atoms per batch when evaluating lists of structures."""
-BYTES_PER_SLOT_CHANNEL_MODULE = 4.2
+BYTES_PER_SLOT_CHANNEL_MODULE = 3.1
 """Peak memory per edge slot, channel, attention module and byte of float (onnxruntime CPU, measured)."""
 
 
