@@ -54,6 +54,22 @@ def build_graph(structures: Sequence, cutoff: float, dtype=np.float64, check_ove
     })
 
 
+def merge_graphs(graphs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One batch from the inputs of several (``build_graph`` layout): atoms, structures and edges concatenated in
+    order, indices offset, slots rebuilt. ``merge_graphs([build_graph([a]), build_graph([b])])`` equals
+    ``build_graph([a, b])``."""
+    atoms = np.cumsum([0] + [len(g["numbers"]) for g in graphs])
+    structures = np.cumsum([0] + [len(g["cell"]) for g in graphs])
+    return with_slots({
+        "numbers": np.concatenate([g["numbers"] for g in graphs]),
+        "positions": np.concatenate([g["positions"] for g in graphs]),
+        "cell": np.concatenate([g["cell"] for g in graphs]),
+        "batch": np.concatenate([g["batch"] + structures[k] for k, g in enumerate(graphs)]),
+        "edge_index": np.concatenate([g["edge_index"] + atoms[k] for k, g in enumerate(graphs)], axis=1),
+        "shifts": np.concatenate([g["shifts"] for g in graphs]),
+    })
+
+
 def _cuda_neighbor_lists(structures: list[Structure], cutoff: float):
     from mtsim.kernels.cuda import neighbor_list_cuda
 

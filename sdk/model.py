@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtsim.graph import build_graph, slot_count
+from mtsim.graph import build_graph, merge_graphs, slot_count
 from mtsim.kernels import cuda_available
 from mtsim.onnx_format import (
     INPUT_NAMES,
@@ -219,9 +219,10 @@ class Model:
                 allow_overlap: bool = False) -> Prediction | list[Prediction]:
         """Predict every head for an ``ase.Atoms`` / ``mtsim.Structure`` or a list of them.
 
-        Lists are evaluated in batches of at most ``batch_size`` structures and ``ATOM_BUDGET`` atoms, split further
-        so that each stays within ``memory_budget`` bytes (default: 80 % of the memory available now). A single
-        structure whose estimate exceeds the budget raises ``MemoryError`` before anything is evaluated.
+        Lists are evaluated in batches of consecutive structures, at most ``batch_size`` of them, ``ATOM_BUDGET``
+        atoms and, on the CPU, ``CPU_SLOT_BUDGET`` edge slots, split further so that each stays within
+        ``memory_budget`` bytes (default: 80 % of the memory available now). A structure whose estimate alone
+        exceeds the budget raises ``MemoryError`` before it is evaluated.
         ``properties`` is accepted for API symmetry; the graph computes all heads in one pass.
         """
         if properties is not None:
@@ -235,35 +236,40 @@ class Model:
         for s in items:
             self.check_elements(s.numbers)
         budget = self.memory_budget if self.memory_budget is not None else 0.8 * available_memory()
+        graphs = (build_graph([s], self.cutoff, dtype=self.dtype, check_overlap=not allow_overlap,
+                              neighbors=self.neighbors) for s in items)  # built as the batches need them
         results: list[Prediction] = []
-        pending = list(_batches(items, batch_size))
-        while pending:
-            chunk = pending.pop(0)
-            graph = build_graph(chunk, self.cutoff, dtype=self.dtype, check_overlap=not allow_overlap,
-                                neighbors=self.neighbors)
-            need = self.estimate_bytes(slot_count(graph))
-            if need > budget:
-                if len(chunk) == 1:
-                    raise MemoryError(
-                        f"a structure of {len(chunk[0])} atoms ({graph['edge_index'].shape[1]} edges) needs an "
-                        f"estimated {need / 2**30:.1f} GiB, more than the budget of {budget / 2**30:.1f} GiB"
-                    )
-                half = len(chunk) // 2
-                pending[:0] = [chunk[:half], chunk[half:]]
-                continue
-            out = self.evaluate(graph)
-            start = 0
-            for k, s in enumerate(chunk):
-                atoms = slice(start, start + len(s))
-                start += len(s)
-                values = {key: (out[key][k] if key in PER_STRUCTURE else out[key][atoms]) for key in PROPERTIES}
-                values["energy"] = float(values["energy"])
-                results.append(Prediction(**values))
+        for batch in _batches(graphs, batch_size, None if self.device == "cuda" else CPU_SLOT_BUDGET):
+            pending = [batch]
+            while pending:
+                chunk = pending.pop(0)
+                graph = merge_graphs(chunk) if len(chunk) > 1 else chunk[0]
+                need = self.estimate_bytes(slot_count(graph))
+                if need > budget:
+                    if len(chunk) == 1:
+                        raise MemoryError(
+                            f"a structure of {len(graph['numbers'])} atoms ({graph['edge_index'].shape[1]} edges) "
+                            f"needs an estimated {need / 2**30:.1f} GiB, more than the budget of "
+                            f"{budget / 2**30:.1f} GiB"
+                        )
+                    half = len(chunk) // 2
+                    pending[:0] = [chunk[:half], chunk[half:]]
+                    continue
+                out = self.evaluate(graph)
+                bounds = np.cumsum([0] + [len(g["numbers"]) for g in chunk])
+                for k in range(len(chunk)):
+                    atoms = slice(bounds[k], bounds[k + 1])
+                    values = {key: (out[key][k] if key in PER_STRUCTURE else out[key][atoms]) for key in PROPERTIES}
+                    values["energy"] = float(values["energy"])
+                    results.append(Prediction(**values))
         return results[0] if single else results
 
 
 ATOM_BUDGET = 2048
 """Atoms per batch when evaluating lists of structures."""
+CPU_SLOT_BUDGET = 4096
+"""Edge slots per batch on the CPU, where batching saves only the per-call overhead (~2-4 ms) and larger calls run
+slower per slot, padding included (measured in ``bench/README.md``, "Lists of structures")."""
 BYTES_PER_SLOT_CHANNEL_MODULE = 3.1
 """Peak memory per edge slot, channel, attention module and byte of float (onnxruntime CPU, measured)."""
 
@@ -280,15 +286,20 @@ def available_memory() -> float:
     return 16.0 * 2**30
 
 
-def _batches(items: list[Structure], batch_size: int | None):
-    batch: list[Structure] = []
-    atoms = 0
-    for s in items:
-        if batch and ((batch_size and len(batch) >= batch_size) or atoms + len(s) > ATOM_BUDGET):
+def _batches(graphs, batch_size: int | None, slot_budget: int | None):
+    """Lists of consecutive ``graphs`` (one structure each, consumed lazily) per batch: at most ``batch_size``
+    structures, ``ATOM_BUDGET`` atoms and ``slot_budget`` slots (the batch's atoms times its largest receiver
+    count + 1, padding included)."""
+    batch: list[dict[str, np.ndarray]] = []
+    atoms = width = 0
+    for graph in graphs:
+        n, kr = graph["receiver_slots"].shape
+        if batch and ((batch_size and len(batch) >= batch_size) or atoms + n > ATOM_BUDGET
+                      or (slot_budget and (atoms + n) * (max(width, kr) + 1) > slot_budget)):
             yield batch
-            batch, atoms = [], 0
-        batch.append(s)
-        atoms += len(s)
+            batch, atoms, width = [], 0, 0
+        batch.append(graph)
+        atoms, width = atoms + n, max(width, kr)
     if batch:
         yield batch
 

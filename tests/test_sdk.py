@@ -70,6 +70,35 @@ def test_predict_matches_pytorch_single_and_batched(exported, sdk_model):
     assert sdk_model.predict(items, batch_size=1)[0].energy == pytest.approx(batched[0].energy, abs=1e-12)
 
 
+def test_merge_graphs_equals_the_graph_of_the_list():
+    items = structures()
+    merged = mtsim.graph.merge_graphs([mtsim.graph.build_graph([s], 5.0) for s in items])
+    whole = mtsim.graph.build_graph(items, 5.0)
+    assert merged.keys() == whole.keys()
+    for key, value in whole.items():
+        assert merged[key].dtype == value.dtype and np.array_equal(merged[key], value), key
+
+
+def test_cpu_batches_bound_the_padded_slots():
+    """On the CPU a batch holds at most ``CPU_SLOT_BUDGET`` slots, padding included: small molecules share a call,
+    a dense and an open crystal (55 and 29 edges per atom) do not pad each other."""
+    from mtsim.model import ATOM_BUDGET, CPU_SLOT_BUDGET, _batches
+
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True) * (4, 4, 4)
+    si = bulk("Si", "diamond", a=5.43, cubic=True) * (3, 3, 3)
+    methane = molecule("CH4")
+    mixed = [mtsim.graph.build_graph([s], 5.0) for s in [cu, si] * 2 + [methane] * 40]
+    batches = list(_batches(iter(mixed), None, CPU_SLOT_BUDGET))
+    assert [b[0] for b in batches[:4]] == mixed[:4]  # Cu and Si each alone (the last Si with 11 molecules)
+    assert len(batches) == 5 and sum(len(b) for b in batches) == len(mixed)
+    for batch in batches:
+        n = sum(len(g["numbers"]) for g in batch)
+        assert len(batch) == 1 or (n * (max(g["receiver_slots"].shape[1] for g in batch) + 1) <= CPU_SLOT_BUDGET
+                                   and n <= ATOM_BUDGET)
+    assert [len(b) for b in _batches(iter(mixed), None, None)] == [44]  # on a GPU: atoms only (1,144 < 2,048)
+    assert [len(b) for b in _batches(iter(mixed), 16, None)] == [16, 16, 12]
+
+
 def test_model_attributes(sdk_model):
     assert sdk_model.precision == "float64" and sdk_model.device == "cpu"
     assert sdk_model.cutoff == 5.0
