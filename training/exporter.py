@@ -215,9 +215,10 @@ def drop_broadcast_expands(graph_module) -> int:
             if user.target not in broadcasting or len(user.args) != 2 or user.args[0] is user.args[1]:
                 continue
             other = user.args[1] if user.args[0] is node else user.args[0]
-            if isinstance(other, torch.fx.Node) and _shape(other) and _shape(node) is not None \
-                    and _broadcast(_shape(node.args[0]), _shape(other)) == _shape(node):
-                user.replace_input_with(node, node.args[0])
+            source = node.args[0]
+            if isinstance(other, torch.fx.Node) and isinstance(source, torch.fx.Node) and _shape(other) \
+                    and _shape(source) and _broadcast(_shape(source), _shape(other)) == _shape(node):
+                user.replace_input_with(node, source)
                 rewired += 1
     graph_module.graph.eliminate_dead_code()
     graph_module.recompile()
@@ -299,8 +300,8 @@ def widen_innermost_broadcasts(graph_module) -> int:
     a product with the constant 0/1 matrix ``repeat_interleave(eye(H), D)`` [H, H*D]: onnxruntime's CPU ``Mul``
     broadcasting a size-1 innermost dim ran ~3x slower than an element-wise one, its ``Expand`` slower still,
     and the small ``MatMul`` costs a tenth of that. Each widened entry is ``a * 1`` plus ``H - 1`` terms
-    ``a' * 0``: exactly ``a`` for finite factors. Only slot tensors (two leading symbolic dims, n and k) are
-    rewritten. Returns the number of products rewritten."""
+    ``a' * 0``: exactly ``a`` for finite factors. Only factors that are slot tensors (leading symbolic dims n and
+    k) are rewritten, the other operand [n,k,...] or [n,1,...]. Returns the number of products rewritten."""
     aten = torch.ops.aten
     graph = graph_module.graph
     rewritten = 0

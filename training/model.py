@@ -144,14 +144,14 @@ def triple_product(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
 @dataclass
 class Graph:
     """Per-edge geometry shared by every module of one forward pass, in the receiver-slot layout [n,k,...]: slot
-    (i, c) is edge ``slots[i, c]`` of receiver i, or padding (a copy of atom i's first edge with mask zero); every
-    atom has at least one padding slot (column k - 1)."""
+    (i, c) is edge ``receiver_slots[i, c]`` of receiver i, or padding (mask zero); every atom has at least one
+    padding slot (column k - 1). See ``slot_graph``."""
 
-    senders: Tensor  # j of each slot [n,k] (padding: the atom's first edge's)
+    senders: Tensor  # j of each slot [n,k] (padding: atom 0)
     sender_positions: Tensor  # [n,ks] flat slot indices of each atom's edges as sender, padded with slot k - 1
     is_edge: Tensor  # [n,k] bool, False on padding slots
     mask: Tensor = None  # m_ij [n,k]; zero on padding slots
-    unit: Tensor = None  # r_ij / |r_ij| [n,k,3]; zero on self edges
+    unit: Tensor = None  # r_ij / |r_ij| [n,k,3]; zero on self edges (on padding slots: masked, any value)
     basis: Tensor = None  # Phi(|r_ij|) [n,k,K]
 
     def at_receivers(self, x: Tensor) -> Tensor:
