@@ -20,23 +20,21 @@ import mtsim.model
 BUDGETS = {"1,024": 1024, "2,048": 2048, "4,096": 4096, "8,192": 8192, "16,384": 16384, "atoms only": None}
 
 
+def rattled(atoms, count: int, amplitude: float) -> list:
+    copies = [atoms.copy() for _ in range(count)]
+    for seed, copy in enumerate(copies):
+        copy.rattle(amplitude, seed=seed)
+    return copies
+
+
 def lists() -> dict[str, list]:
-    si = bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
+    methane, water = molecule("CH4"), molecule("H2O")
+    for m in (methane, water):
+        m.center(vacuum=4.0)
     cu = bulk("Cu", "fcc", a=3.61, cubic=True) * (4, 4, 4)
-    si216 = bulk("Si", "diamond", a=5.43, cubic=True) * (3, 3, 3)
-    out = {"256 x CH4": [], "64 x H2O": [], "32 x Si64 (rattled)": [], "3 x (Cu256 + Si216)": [cu, si216] * 3}
-    for k in range(256):
-        for name, formula, count in (("256 x CH4", "CH4", 256), ("64 x H2O", "H2O", 64)):
-            if k < count:
-                m = molecule(formula)
-                m.center(vacuum=4.0)
-                m.rattle(0.02, seed=k)
-                out[name].append(m)
-    for k in range(32):
-        s = si.copy()
-        s.rattle(0.05, seed=k)
-        out["32 x Si64 (rattled)"].append(s)
-    return out
+    si = bulk("Si", "diamond", a=5.43, cubic=True)
+    return {"256 x CH4": rattled(methane, 256, 0.02), "64 x H2O": rattled(water, 64, 0.02),
+            "32 x Si64 (rattled)": rattled(si * (2, 2, 2), 32, 0.05), "3 x (Cu256 + Si216)": [cu, si * (3, 3, 3)] * 3}
 
 
 def best(model, items, repeats: int, **kwargs) -> float:

@@ -9,8 +9,8 @@ the calls (``VmHWM``) above the RSS before them, per atom, per edge and per edge
 times the largest neighbour count + 1), beside ``Model.estimate_bytes``. The single-point target is a 10^4-atom
 float32 structure within 12 GiB. Then a list of 512-atom structures is predicted with a ``memory_budget`` of
 ``--budget-gib``, given at load (onnxruntime's CPU arena off) and, for comparison, set after loading (arena on):
-its peak must stay below the budget. Structures: rattled diamond Si
-(29 edges per atom within 5 Å, self edges included).
+its peak must stay below the budget. Structures: rattled diamond Si (29 edges per atom within 5 Å, self edges
+included).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from ase.data import atomic_masses
 
+from mtsim.model import ATOM_BUDGET
 from mtsim.phonon.bands import BandStructure, band_path, gamma_directions, segment_distances
 from mtsim.phonon.born import symmetrize_born
 from mtsim.phonon.cells import Supercell
@@ -22,8 +23,6 @@ from mtsim.structure import Structure, as_structure
 NAC_METHODS = {"gonze": GonzeLee, "wang": Wang}
 IMAGINARY_TOLERANCE = 0.01
 """THz. Frequencies below minus this count as imaginary modes."""
-ATOM_BUDGET = 2048
-"""Atoms per model call when evaluating displaced supercells on a GPU."""
 
 
 class Phonons:
@@ -80,9 +79,9 @@ class Phonons:
         """Displace, evaluate the supercells with ``model``, and build the force constants.
 
         ``batch_size`` supercells per model call (default: one on the CPU, where batching saves no time but costs
-        memory; up to ``ATOM_BUDGET`` atoms on a GPU). Residual forces of a not fully relaxed cell cancel in the
-        least squares, since every displacement comes with its opposite (computed or implied by symmetry) unless
-        ``plusminus`` is False.
+        memory; up to ``mtsim.model.ATOM_BUDGET`` atoms on a GPU). Residual forces of a not fully relaxed cell
+        cancel in the least squares, since every displacement comes with its opposite (computed or implied by
+        symmetry) unless ``plusminus`` is False.
         """
         structures = self.generate_displacements(amplitude, plusminus)
         if batch_size is None:
