@@ -1,0 +1,176 @@
+"""The GPAW labeller (mtsim.training.builders.dft): labels against GPAW's own energy, a resumable run, and
+energies of two sources on one scale. Small settings (250 eV, coarse k) keep each calculation to seconds."""
+
+import json
+import os
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from mtsim.training.builders import dft
+
+needs_gpaw = pytest.mark.skipif(
+    not os.environ.get("MTSIM_REQUIRE_DFT") and dft._version("gpaw") == "not installed",
+    reason="GPAW is not installed (the 'dft' extra; .ci/run installs it and sets MTSIM_REQUIRE_DFT)")
+FAST = dft.DFTSettings(ecut=250.0, kpoint_density=1.2, energy_tol=1e-7, density_tol=1e-7)
+
+
+def nacl(shift=(0.05, -0.03, 0.02), shear=0.0):
+    atoms = bulk("NaCl", "rocksalt", a=5.6)
+    atoms.set_cell(atoms.cell[:] @ [[1, 0, 0], [0, 1, shear], [0, shear, 1]], scale_atoms=True)
+    atoms.positions[0] += shift
+    return atoms
+
+
+def gpaw_energy(atoms, settings=FAST):
+    work = atoms.copy()
+    work.calc = dft.make_calculator(work, settings)
+    return work.get_potential_energy(force_consistent=True)
+
+
+@needs_gpaw
+def test_label_is_gpaw_energy_with_its_derivatives_and_bader_charges():
+    atoms = nacl()
+    frame = dft.label(atoms, FAST)
+    results = frame.calc.results
+    assert frame.info["label_source"] == dft.SOURCE and frame.info["dft_kpts"] == "3 3 3"
+    assert set(results) >= {"energy", "forces", "stress", "magmoms", "charges"}
+    # forces: a central difference of the same free energy
+    h = 0.01
+    for axis in (0, 2):
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[0, axis] += h
+        minus.positions[0, axis] -= h
+        numeric = -(gpaw_energy(plus) - gpaw_energy(minus)) / (2 * h)
+        assert abs(results["forces"][0, axis] - numeric) < 2e-3
+    np.testing.assert_allclose(results["forces"].sum(axis=0), 0.0, atol=1e-3)
+    # stress: ASE's sign, (1/V) dE/d(strain), checked on a shear (a plane-wave basis at fixed cut-off adds an
+    # isotropic Pulay term to E(V), none to a shear); a compressed cell has negative (compressive) stress
+    no_bader = dft.DFTSettings(**{**FAST.__dict__, "bader": False, "ecut": 400.0})  # 250 eV: 20 % off
+    atoms = nacl(shear=0.04)
+    stress = dft.label(atoms, no_bader).calc.results["stress"]
+    eps = 0.005
+    energies = []
+    for sign in (1, -1):
+        deformation = np.eye(3)
+        deformation[1, 2] = deformation[2, 1] = sign * eps
+        strained = atoms.copy()
+        strained.set_cell(atoms.cell[:] @ deformation, scale_atoms=True)
+        energies.append(gpaw_energy(strained, no_bader))
+    numeric = (energies[0] - energies[1]) / (2 * eps) / atoms.get_volume() / 2
+    assert abs(stress[3] - numeric) < 0.03 * abs(numeric) and abs(numeric) > 1e-3
+    squeezed = atoms.copy()
+    squeezed.set_cell(atoms.cell[:] * 0.95, scale_atoms=True)
+    assert dft.label(squeezed, no_bader).calc.results["stress"][:3].mean() < 0
+    # Bader charges of the all-electron density: Na gives up close to one electron, the cell is neutral
+    charges = results["charges"]
+    assert 0.6 < charges[0] < 1.0 and charges[1] < 0
+    assert abs(frame.info["charge_residual"]) < FAST.charge_tol
+    np.testing.assert_allclose(results["magmoms"], 0.0)
+
+
+@needs_gpaw
+def test_a_run_records_failures_goes_on_and_resumes(tmp_path):
+    good = [nacl(), nacl((0.0, 0.04, 0.0))]
+    bad = bulk("Si", "diamond", a=5.43)
+    bad.numbers[0] = 118  # oganesson: no PAW setup, GPAW raises
+    structures = tmp_path / "in.extxyz"
+    ase.io.write(structures, [good[0], bad, good[1]])
+    settings = dft.DFTSettings(**{**FAST.__dict__, "bader": False})
+    out = tmp_path / "out"
+    manifest = dft.run(structures, out, settings, workers=2, quiet=True)
+    assert manifest["counts"]["labelled"] == 2 and manifest["counts"]["failed"] == 1
+    failures = [json.loads(line) for line in open(out / dft.FAILED)]
+    assert len(failures) == 1 and failures[0]["formula"] == "OgSi" and failures[0]["reason"]
+    assert manifest["outputs"][dft.LABELLED] and manifest["versions"]["gpaw"] != "not installed"
+    first = (out / dft.LABELLED).read_bytes()
+    # a rerun labels nothing again; the failure is retried only when asked
+    again = dft.run(structures, out, settings, workers=1, quiet=True)
+    assert (out / dft.LABELLED).read_bytes() == first and again["counts"] == manifest["counts"]
+    # a run killed while writing leaves a partial last frame: the next run cuts it and labels that structure again
+    with open(out / dft.LABELLED, "ab") as handle:
+        handle.write(first[: len(first) // 3])
+    assert dft.repair_tail(str(out / dft.LABELLED)) == 2
+    assert (out / dft.LABELLED).read_bytes() == first
+
+
+def test_kpoint_mesh_follows_the_density_and_skips_open_directions():
+    atoms = bulk("Si", "diamond", a=5.43)
+    b = 2 * np.pi * np.linalg.norm(atoms.cell.reciprocal(), axis=1)
+    assert dft.kpoint_mesh(atoms, 2.0) == tuple(int(np.ceil(2.0 * x)) for x in b)
+    atoms.pbc = (True, True, False)
+    assert dft.kpoint_mesh(atoms, 2.0)[2] == 1
+    with pytest.raises(ValueError, match="ecut"):
+        dft.DFTSettings(ecut=-1)
+
+
+def test_spin_polarised_only_with_magnetic_elements():
+    assert dft.initial_magmoms(bulk("Si")) is None
+    moments = dft.initial_magmoms(bulk("FeO", "rocksalt", a=4.3))
+    np.testing.assert_array_equal(moments, [dft.INITIAL_MAGMOMS["Fe"], 0.0])
+
+
+def _labelled(frames, offsets):
+    out = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = EMT()
+        energy = atoms.get_potential_energy() + sum(offsets[s] for s in atoms.get_chemical_symbols())
+        forces = atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        out.append(atoms)
+    return out
+
+
+def _structures(rng, symbols=("Cu", "Ni", "Al"), count=30):
+    frames = []
+    for k in range(count):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.symbols = [symbols[i] for i in rng.integers(0, len(symbols), len(atoms))]
+        atoms.rattle(0.05, seed=k)
+        atoms.info["structure_id"] = f"s{k}"
+        frames.append(atoms)
+    return frames
+
+
+def test_energy_offsets_put_a_second_source_on_the_first_scale():
+    rng = np.random.default_rng(0)
+    frames = _structures(rng)
+    target = _labelled(frames, {"Cu": -3.1, "Ni": -4.2, "Al": -2.5})
+    source = _labelled(frames, {"Cu": 1.0, "Ni": 0.4, "Al": -0.7})
+    # the same structures in both: the offsets are exact
+    offsets = dft.energy_offsets(source, target)
+    assert offsets == pytest.approx({"Cu": 4.1, "Ni": 4.6, "Al": 1.8}, abs=1e-9)
+    aligned = dft.align_energies(source, offsets)
+    np.testing.assert_allclose([a.get_potential_energy() for a in aligned],
+                               [a.get_potential_energy() for a in target], atol=1e-9)
+    np.testing.assert_array_equal(aligned[3].get_forces(), source[3].get_forces())
+    # other structures in each source: separate fits, the offsets within the spread of the EMT energies
+    other = _labelled(_structures(np.random.default_rng(1)), {"Cu": 1.0, "Ni": 0.4, "Al": -0.7})
+    for atoms in other:
+        atoms.info["structure_id"] += "-other"
+    unpaired = dft.energy_offsets(other, target)
+    assert unpaired == pytest.approx({"Cu": 4.1, "Ni": 4.6, "Al": 1.8}, abs=0.1)
+    # an element without an offset: forces stay, the energy label goes
+    gold = _labelled(_structures(rng, ("Cu", "Au"), 2), {"Cu": 1.0, "Au": 0.0})
+    kept = dft.align_energies(gold, offsets)
+    assert all(a.info["energy_unaligned"] and "energy" not in a.calc.results for a in kept)
+    assert all("forces" in a.calc.results for a in kept)
+
+
+def test_structure_set_is_small_split_and_deterministic(tmp_path):
+    from mtsim.training.builders import dft_structures
+
+    frames = dft_structures.build(None, seed=3)
+    again = dft_structures.build(None, seed=3)
+    assert [a.info["structure_id"] for a in frames] == [a.info["structure_id"] for a in again]
+    assert max(len(a) for a in frames) <= 16
+    assert {a.info["split"] for a in frames} == {"train", "val", "test"}
+    categories = {a.info["category"] for a in frames}
+    assert categories == {"reference", "sic", "mgo", "batio3", "lah", "limno"}
+    lah10 = next(a for a in frames if a.info["base"] == "LaH10:fcc")
+    assert lah10.get_chemical_formula() == "H10La"

@@ -1,0 +1,478 @@
+"""First-principles labels from GPAW: PBE, plane waves; energy, forces, stress, magnetic moments and Bader charges.
+
+Needs the ``dft`` extra (``pip install 'mtsim[dft]'``: GPAW and baderkit; GPAW compiles against libxc, FFTW,
+OpenBLAS and MPI, see the README). ``gpaw`` and ``baderkit`` are imported only inside the workers.
+
+Settings, one rule for every structure (:class:`DFTSettings`, recorded in every labelled frame as ``dft_*`` keys):
+
+- PBE, plane waves with ``ecut`` (eV); Fermi–Dirac occupations of width ``smearing`` (eV) for every structure
+  (metals need it; an insulator's gap is far wider, so its energy is unchanged);
+- a Γ-centred k mesh with ``n_i = max(1, ceil(kpoint_density * |b_i|))`` points along each periodic reciprocal
+  vector ``b_i`` (``|b_i|`` in Å⁻¹ with the 2π, ASE's ``kptdensity`` convention), 1 along a non-periodic one;
+- SCF converged to ``energy_tol`` (eV per valence electron) and ``density_tol`` (electrons per valence electron)
+  within ``max_scf`` iterations; a calculation that does not converge, or raises, is recorded as failed;
+- spin-polarised when the structure holds an element of :data:`INITIAL_MAGMOMS` (3d V–Ni), started
+  ferromagnetic with those moments (μB); every other structure is spin-paired with moments 0.
+
+Labels (``SinglePointCalculator``, so that ``mtsim.training.data`` reads them):
+
+- ``energy``: the free energy (force-consistent: forces and stress are its derivatives), eV; GPAW's energy
+  extrapolated to zero smearing is kept as ``info["energy_zero_smearing"]``;
+- ``forces`` (eV/Å), ``stress`` (eV/Å³, ASE's sign: tensile positive);
+- ``magmoms``: |m| of GPAW's local moments in the PAW spheres (μB), the magnitude as for the CHGNet labels;
+- ``charges``: Bader charges ``Z - N_i`` (e), with ``N_i`` the electrons of atom ``i``'s basin of GPAW's
+  all-electron density (``gridrefinement`` 2), partitioned by baderkit. The residual ``sum_i q_i`` is recorded as
+  ``info["charge_residual"]``; a frame whose |residual| exceeds ``charge_tol``, or whose partition failed
+  (``info["bader_error"]``), keeps every label but the charges.
+
+A run (:func:`run`) labels every structure of an input file in worker processes (one per core by default) and
+appends each result as it completes to ``OUT/labelled.extxyz``; failures go to ``OUT/failed.jsonl`` with their
+reason. A rerun skips every structure already there (by ``structure_id``), so an interrupted run resumes and nothing
+is labelled twice; ``retry_failed`` tries the failed ones again. ``OUT/manifest.json`` records the package versions,
+settings, counts, CPU time and the sha256 of input and outputs.
+
+The structure set of the project's data set is :func:`structure_set` (command ``structures``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import io
+import json
+import math
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterable, Sequence
+
+import ase
+import ase.io
+import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from mtsim.training.builders._io import structure_id, write_manifest
+from mtsim.training.checkpoint import file_sha256
+
+SOURCE = "GPAW PBE"
+"""``info["label_source"]`` of every frame this builder writes."""
+INITIAL_MAGMOMS = {"V": 3.0, "Cr": 4.0, "Mn": 5.0, "Fe": 4.0, "Co": 3.0, "Ni": 2.0}
+"""μB. Elements that make a structure spin-polarised, with their ferromagnetic starting moments."""
+LABELLED, FAILED, MANIFEST = "labelled.extxyz", "failed.jsonl", "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class DFTSettings:
+    """The calculation rule (units: eV, Å⁻¹, e)."""
+
+    xc: str = "PBE"
+    ecut: float = 500.0
+    kpoint_density: float = 2.0
+    smearing: float = 0.1
+    energy_tol: float = 1e-5
+    density_tol: float = 1e-5
+    max_scf: int = 300
+    bader: bool = True
+    gridrefinement: int = 2
+    charge_tol: float = 0.05
+
+    def __post_init__(self):
+        for name in ("ecut", "kpoint_density", "smearing", "energy_tol", "density_tol", "charge_tol"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"DFTSettings.{name} must be a positive number, got {value!r}")
+        if self.max_scf < 1 or self.gridrefinement not in (1, 2, 4):
+            raise ValueError("DFTSettings: max_scf must be >= 1 and gridrefinement 1, 2 or 4")
+
+
+def kpoint_mesh(atoms: ase.Atoms, density: float) -> tuple[int, int, int]:
+    """Γ-centred mesh: ``ceil(density * |b_i|)`` points along each periodic direction (|b_i| with the 2π)."""
+    reciprocal = 2 * np.pi * np.linalg.norm(atoms.cell.reciprocal(), axis=1)
+    return tuple(int(max(1, math.ceil(density * b))) if periodic else 1
+                 for b, periodic in zip(reciprocal, atoms.pbc))
+
+
+def initial_magmoms(atoms: ase.Atoms) -> np.ndarray | None:
+    """Starting moments (μB) for a spin-polarised run, or None for a spin-paired one."""
+    symbols = atoms.get_chemical_symbols()
+    if not any(s in INITIAL_MAGMOMS for s in symbols):
+        return None
+    return np.array([INITIAL_MAGMOMS.get(s, 0.0) for s in symbols])
+
+
+def make_calculator(atoms: ase.Atoms, settings: DFTSettings, txt=None):
+    """A GPAW calculator for ``atoms`` under ``settings``; sets the initial moments on ``atoms``."""
+    from gpaw import GPAW, PW, FermiDirac
+
+    magmoms = initial_magmoms(atoms)
+    atoms.set_initial_magnetic_moments(magmoms)
+    return GPAW(mode=PW(settings.ecut), xc=settings.xc, kpts={"size": kpoint_mesh(atoms, settings.kpoint_density),
+                                                              "gamma": True},
+                occupations=FermiDirac(settings.smearing), spinpol=magmoms is not None, maxiter=settings.max_scf,
+                convergence={"energy": settings.energy_tol, "density": settings.density_tol}, txt=txt)
+
+
+def bader_charges(atoms: ase.Atoms, calc, gridrefinement: int = 2, workdir: str | None = None) -> np.ndarray:
+    """Bader charges Z - N_i (e) of the all-electron density of a converged GPAW calculation (baderkit)."""
+    import logging
+    import tempfile
+
+    from ase.units import Bohr
+    from baderkit import Bader
+
+    logging.getLogger().setLevel(logging.WARNING)  # baderkit logs every step at INFO
+    density = calc.get_all_electron_density(gridrefinement=gridrefinement)  # e/Å³
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = os.path.join(tmp, "density.cube")
+        ase.io.write(path, atoms, data=density * Bohr**3, format="cube")  # the cube format holds e/bohr³
+        electrons = np.asarray(Bader.from_cube(charge_grid=path).atom_charges, dtype=float)
+    return atoms.numbers - electrons
+
+
+def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> ase.Atoms:
+    """``atoms`` labelled by GPAW under ``settings`` (a new Atoms with a SinglePointCalculator and ``dft_*`` info).
+
+    Raises whatever GPAW raises (e.g. ``KohnShamConvergenceError``)."""
+    start = time.perf_counter()
+    work = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    calc = make_calculator(work, settings, txt=txt)
+    work.calc = calc
+    energy = work.get_potential_energy(force_consistent=True)
+    forces = work.get_forces()
+    stress = work.get_stress(voigt=False) if work.pbc.all() else None
+    results = {"energy": energy, "forces": forces,
+               "magmoms": np.abs(calc.get_magnetic_moments()) if calc.get_number_of_spins() == 2
+               else np.zeros(len(work))}
+    if stress is not None:
+        results["stress"] = full_3x3_to_voigt_6_stress(stress)
+    out = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    out.info.update({k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool))})
+    out.info["structure_id"] = atoms.info.get("structure_id") or structure_id(atoms)
+    out.info["energy_zero_smearing"] = float(calc.get_potential_energy(work, force_consistent=False))
+    if settings.bader:
+        try:
+            charges = bader_charges(work, calc, settings.gridrefinement)
+        except Exception as err:  # the partition failed, the DFT labels stand
+            out.info["bader_error"] = f"{type(err).__name__}: {err}"
+            charges = None
+    if settings.bader and charges is not None:
+        residual = float(charges.sum())
+        out.info["charge_residual"] = residual
+        if abs(residual) <= settings.charge_tol:
+            results["charges"] = charges
+        else:
+            out.info["bader_charges_rejected"] = " ".join(f"{q:.4f}" for q in charges)
+    out.info.update(settings_info(work, settings))
+    out.info.update({"label_source": SOURCE, "dft_scf_iterations": int(calc.get_number_of_iterations()),
+                     "dft_seconds": round(time.perf_counter() - start, 2)})
+    out.calc = SinglePointCalculator(out, **results)
+    return out
+
+
+def settings_info(atoms: ase.Atoms, settings: DFTSettings) -> dict:
+    """The ``dft_*`` keys recorded in a labelled frame."""
+    info = {f"dft_{k}": v for k, v in dataclasses.asdict(settings).items()}
+    info["dft_kpts"] = " ".join(map(str, kpoint_mesh(atoms, settings.kpoint_density)))
+    info["dft_spin_polarised"] = initial_magmoms(atoms) is not None
+    info["dft_code"] = f"GPAW {_version('gpaw')}"
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A resumable run over a file of structures
+
+
+def _init_worker() -> None:
+    """One thread per worker; the worker's standard output (baderkit prints from compiled code) to /dev/null."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+
+
+def _task(atoms: ase.Atoms, settings: DFTSettings, log_path: str) -> tuple[str, str]:
+    """Worker: ("done", extxyz text of the labelled frame) or ("failed", reason). The GPAW log of a failure stays."""
+    try:
+        frame = label(atoms, settings, txt=log_path)
+    except Exception as err:  # a failed calculation is a result, not a crash of the run
+        return "failed", f"{type(err).__name__}: {err}".strip()
+    buffer = io.StringIO()
+    ase.io.write(buffer, frame, format="extxyz")
+    os.remove(log_path)
+    return "done", buffer.getvalue()
+
+
+def repair_tail(path: str) -> int:
+    """Cut a partly written last frame off an extxyz file (a run killed mid-write); return the frames kept."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as handle:
+        lines = handle.readlines()
+    frames, position, keep = 0, 0, 0
+    while position < len(lines):
+        try:
+            count = int(lines[position])
+        except ValueError:
+            break
+        end = position + 2 + count
+        if end > len(lines) or not lines[end - 1].endswith(b"\n"):
+            break
+        frames, position, keep = frames + 1, end, keep + sum(len(x) for x in lines[position:end])
+    if position < len(lines):
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+        print(f"[dft] {path}: cut a partly written frame after frame {frames}", file=sys.stderr, flush=True)
+    return frames
+
+
+def read_failures(path: str) -> dict[str, str]:
+    """``structure_id`` -> reason of every failed calculation recorded in ``path`` (the last record wins)."""
+    failures = {}
+    if os.path.exists(path):
+        with open(path) as handle:
+            for line in handle:
+                if line.strip():
+                    record = json.loads(line)
+                    failures[record["structure_id"]] = record["reason"]
+    return failures
+
+
+def _append(path: str, text: str) -> None:
+    with open(path, "a") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def run(structures: str | os.PathLike, out: str | os.PathLike, settings: DFTSettings = DFTSettings(),
+        workers: int | None = None, retry_failed: bool = False, limit: int | None = None,
+        quiet: bool = False) -> dict:
+    """Label every structure of ``structures`` (extxyz) into ``out``; resumable. Returns the manifest."""
+    out = os.fspath(out)
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    frames = ase.io.read(structures, index=":")
+    for atoms in frames:
+        atoms.info.setdefault("structure_id", structure_id(atoms))
+    labelled_path, failed_path = os.path.join(out, LABELLED), os.path.join(out, FAILED)
+    repair_tail(labelled_path)
+    done = {a.info["structure_id"] for a in _read_all(labelled_path)}
+    failed = read_failures(failed_path)
+    skip = done if retry_failed else done | set(failed)
+    todo = [a for a in frames if a.info["structure_id"] not in skip]
+    todo = list({a.info["structure_id"]: a for a in todo}.values())[:limit]
+    workers = workers or os.cpu_count() or 1
+    counts = {"done": 0, "failed": 0}
+    start, seconds = time.perf_counter(), []
+    _say(quiet, f"[dft] {len(frames)} structures: {len(done)} labelled, {len(failed)} failed before; "
+                f"{len(todo)} to run on {workers} worker(s)")
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
+    try:
+        futures = {pool.submit(_task, atoms, settings, os.path.join(out, "logs", atoms.info["structure_id"] + ".txt")):
+                   atoms for atoms in todo}
+        for future in concurrent.futures.as_completed(futures):
+            atoms = futures[future]
+            key = atoms.info["structure_id"]
+            status, payload = future.result()
+            if status == "done":
+                _append(labelled_path, payload)
+                seconds.append(float(ase.io.read(io.StringIO(payload), format="extxyz").info["dft_seconds"]))
+            else:
+                _append(failed_path, json.dumps({"structure_id": key, "formula": atoms.get_chemical_formula(),
+                                                 "reason": payload}) + "\n")
+            counts[status] += 1
+            finished = counts["done"] + counts["failed"]
+            elapsed = time.perf_counter() - start
+            eta = elapsed / finished * (len(todo) - finished)
+            _say(quiet, f"[dft] {status} {atoms.get_chemical_formula():<14} done {counts['done']} failed "
+                        f"{counts['failed']} left {len(todo) - finished}  "
+                        f"{np.mean(seconds) if seconds else float('nan'):.0f} s/structure  "
+                        f"elapsed {elapsed / 60:.1f} min  ETA {eta / 60:.0f} min")
+    except KeyboardInterrupt:
+        _say(quiet, "[dft] interrupted: what finished is written; a rerun resumes")
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return write_run_manifest(structures, out, settings)
+
+
+def _read_all(path: str) -> list[ase.Atoms]:
+    return ase.io.read(path, index=":", format="extxyz") if os.path.exists(path) and os.path.getsize(path) else []
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def write_run_manifest(structures, out: str, settings: DFTSettings) -> dict:
+    """Write and return ``OUT/manifest.json``: versions, settings, counts, CPU time, sha256 of input and outputs."""
+    labelled = _read_all(os.path.join(out, LABELLED))
+    failures = read_failures(os.path.join(out, FAILED))
+    failures = {k: v for k, v in failures.items() if k not in {a.info["structure_id"] for a in labelled}}
+    residuals = [abs(a.info["charge_residual"]) for a in labelled if "charge_residual" in a.info]
+    manifest = {
+        "builder": "mtsim.training.builders.dft", "label_source": SOURCE,
+        "versions": {p: _version(p) for p in ("gpaw", "gpaw-data", "baderkit", "ase", "numpy", "mtsim")}
+        | {"python": platform.python_version()},
+        "settings": dataclasses.asdict(settings),
+        "input": {"file": os.path.basename(os.fspath(structures)), "sha256": file_sha256(structures)},
+        "counts": {"labelled": len(labelled), "failed": len(failures),
+                   "atoms": int(sum(len(a) for a in labelled)),
+                   "with_charges": sum("charges" in (a.calc.results if a.calc else {}) for a in labelled),
+                   "spin_polarised": sum(bool(a.info.get("dft_spin_polarised")) for a in labelled)},
+        "cpu_hours": round(sum(float(a.info.get("dft_seconds", 0.0)) for a in labelled) / 3600, 3),
+        "charge_residual_abs": {"max": max(residuals, default=None),
+                                "mean": float(np.mean(residuals)) if residuals else None},
+        "failures": failures,
+        "outputs": {name: file_sha256(os.path.join(out, name))
+                    for name in (LABELLED, FAILED) if os.path.exists(os.path.join(out, name))},
+    }
+    write_manifest(os.path.join(out, MANIFEST), manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Energies of two label sources on one scale
+
+
+def composition_matrix(frames: Sequence[ase.Atoms], elements: Sequence[str]) -> np.ndarray:
+    """[frames, elements] atom counts."""
+    index = {s: k for k, s in enumerate(elements)}
+    counts = np.zeros((len(frames), len(elements)))
+    for row, atoms in enumerate(frames):
+        for symbol in atoms.get_chemical_symbols():
+            counts[row, index[symbol]] += 1
+    return counts
+
+
+def fit_element_energies(frames: Sequence[ase.Atoms], energies: Sequence[float]) -> dict[str, float]:
+    """Per-element energies μ (eV/atom) minimising sum (E - sum_el n_el μ_el)² (least squares, minimum norm)."""
+    elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
+    counts = composition_matrix(frames, elements)
+    mu, *_ = np.linalg.lstsq(counts, np.asarray(energies, dtype=float), rcond=None)
+    return dict(zip(elements, mu.tolist()))
+
+
+def energy_offsets(source: Sequence[ase.Atoms], target: Sequence[ase.Atoms]) -> dict[str, float]:
+    """Per-element offsets δ (eV/atom) that put ``source`` energies on ``target``'s scale: E_t ≈ E_s - sum n δ.
+
+    Fitted on the structures present in both (same ``structure_id``: δ from the energy differences) when they hold
+    every element of ``source``; otherwise δ = μ_source - μ_target of separate least-squares fits (elements absent
+    from ``target`` get no offset and are left out of the result)."""
+    by_id = {a.info["structure_id"]: a for a in target if "structure_id" in a.info}
+    pairs = [(a, by_id[a.info["structure_id"]]) for a in source if a.info.get("structure_id") in by_id]
+    elements = {s for a in source for s in a.get_chemical_symbols()}
+    if pairs and {s for a, _ in pairs for s in a.get_chemical_symbols()} >= elements:
+        return fit_element_energies([a for a, _ in pairs],
+                                    [a.get_potential_energy() - b.get_potential_energy() for a, b in pairs])
+    mu_source = fit_element_energies(source, [a.get_potential_energy() for a in source])
+    mu_target = fit_element_energies(target, [a.get_potential_energy() for a in target])
+    return {s: mu_source[s] - mu_target[s] for s in mu_source if s in mu_target}
+
+
+def align_energies(frames: Iterable[ase.Atoms], offsets: dict[str, float]) -> list[ase.Atoms]:
+    """Copies of ``frames`` with E - sum_el n_el δ_el. A frame holding an element without an offset keeps its
+    forces, stress and other labels but loses its energy (``info["energy_unaligned"] = True``)."""
+    aligned = []
+    for atoms in frames:
+        results = dict(atoms.calc.results)
+        copy = atoms.copy()
+        symbols = atoms.get_chemical_symbols()
+        if "energy" in results and all(s in offsets for s in symbols):
+            results["energy"] = results["energy"] - sum(offsets[s] for s in symbols)
+            results.pop("free_energy", None)
+        else:
+            results.pop("energy", None)
+            results.pop("free_energy", None)
+            copy.info["energy_unaligned"] = True
+        copy.calc = SinglePointCalculator(copy, **results)
+        aligned.append(copy)
+    return aligned
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The project's structure set
+
+
+def structure_set(phonondb: str | os.PathLike, dfpt_manifest: str | os.PathLike | None = None, seed: int = 0,
+                  samples_per_crystal: int = 2, max_primitive_atoms: int = 10, max_atoms: int = 16) -> list[ase.Atoms]:
+    """The structures of the GPAW data set (see ``data/gpaw/README.md``), case studies first, then the phonondb
+    crystals; each with ``info["category"]``, ``["base"]`` and ``["structure_id"]``. Deterministic in ``seed``."""
+    from mtsim.training.builders import dft_structures
+
+    return dft_structures.build(phonondb, dfpt_manifest, seed, samples_per_crystal, max_primitive_atoms, max_atoms)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mtsim.training.builders.dft", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    lab = commands.add_parser("label", help="label an extxyz of structures with GPAW (resumable)")
+    lab.add_argument("--data", required=True, help="extxyz of structures")
+    lab.add_argument("--out", required=True, help="output folder (labelled.extxyz, failed.jsonl, manifest.json)")
+    lab.add_argument("--workers", type=int, default=None, help="parallel calculations (default: one per core)")
+    lab.add_argument("--retry-failed", action="store_true", help="run the failed structures again")
+    lab.add_argument("--limit", type=int, default=None, help="label at most this many structures in this run")
+    for field in dataclasses.fields(DFTSettings):
+        if field.type in ("float", "int"):
+            lab.add_argument(f"--{field.name.replace('_', '-')}", type=float if field.type == "float" else int,
+                             default=field.default, help=f"default {field.default}")
+    lab.add_argument("--no-bader", action="store_true", help="skip the Bader charges")
+    lab.add_argument("--quiet", action="store_true")
+    st = commands.add_parser("structures", help="write the structure set of the project's GPAW data set")
+    st.add_argument("--phonondb", required=True, help="the phonondb_bec_eps data (file or folder)")
+    st.add_argument("--dfpt-manifest", default=None, help="manifest of the DFPT split: only its train crystals")
+    st.add_argument("--out", required=True, help="output extxyz")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--samples-per-crystal", type=int, default=2)
+    al = commands.add_parser("align", help="put another source's energies on the GPAW scale")
+    al.add_argument("--gpaw", required=True, help="labelled.extxyz of this builder")
+    al.add_argument("--other", required=True, help="extxyz labelled by another source (e.g. the CHGNet teacher)")
+    al.add_argument("--out", required=True, help="aligned extxyz; the offsets go to OUT.offsets.json")
+    args = parser.parse_args(argv)
+    if args.command == "label":
+        names = [f.name for f in dataclasses.fields(DFTSettings) if f.type in ("float", "int")]
+        settings = DFTSettings(bader=not args.no_bader, **{name: getattr(args, name) for name in names})
+        manifest = run(args.data, args.out, settings, args.workers, args.retry_failed, args.limit, args.quiet)
+        print(json.dumps(manifest["counts"]))
+    elif args.command == "structures":
+        from mtsim.training.builders._io import write_frames
+
+        frames = structure_set(args.phonondb, args.dfpt_manifest, args.seed, args.samples_per_crystal)
+        write_frames(args.out, frames)
+        categories = {}
+        for atoms in frames:
+            categories[atoms.info["category"]] = categories.get(atoms.info["category"], 0) + 1
+        print(json.dumps({"structures": len(frames), "categories": categories}))
+    else:
+        gpaw, other = _read_all(args.gpaw), _read_all(args.other)
+        offsets = energy_offsets(other, gpaw)
+        aligned = align_energies(other, offsets)
+        ase.io.write(args.out, aligned, format="extxyz")
+        with open(args.out + ".offsets.json", "w") as handle:
+            json.dump({"offsets_eV_per_atom": offsets, "target": SOURCE,
+                       "unaligned_frames": sum(bool(a.info.get("energy_unaligned")) for a in aligned)}, handle,
+                      indent=1)
+        print(f"[dft] aligned {len(aligned)} frames onto {SOURCE}: {len(offsets)} element offsets", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
