@@ -104,7 +104,7 @@ def test_model_attributes(sdk_model):
     assert sdk_model.cutoff == 5.0
     assert sdk_model.elements == tuple(range(1, 95))
     assert sdk_model.metadata["mtsim_format"] == "mtsim-onnx"
-    assert json.loads(sdk_model.metadata["heads"]) == list(mtsim.model.PROPERTIES)
+    assert json.loads(sdk_model.metadata["heads"]) == list(mtsim.model.OUTPUT_NAMES)
 
 
 def test_calculator_drives_ase_velocity_verlet(sdk_model):
@@ -239,7 +239,7 @@ def test_io_binding_gives_the_same_numbers(exported):
     plain = model.evaluate(inputs)
     model.io_binding = True
     bound = model.evaluate(inputs)
-    for name in mtsim.model.PROPERTIES:
+    for name in mtsim.model.OUTPUT_NAMES:
         assert bound[name].dtype == plain[name].dtype and np.array_equal(bound[name], plain[name]), name
 
 
@@ -258,8 +258,8 @@ def test_cpu_session_options_change_memory_not_numbers(exported):
     for items in (structures(), structures()[:1]):
         inputs = build_graph(items, model.cutoff, dtype=model.dtype)
         ours = model.evaluate(inputs)
-        theirs = default.run(list(mtsim.model.PROPERTIES), {name: inputs[name] for name in mtsim.model.INPUT_NAMES})
-        for name, value in zip(mtsim.model.PROPERTIES, theirs):
+        theirs = default.run(list(mtsim.model.OUTPUT_NAMES), {name: inputs[name] for name in mtsim.model.INPUT_NAMES})
+        for name, value in zip(mtsim.model.OUTPUT_NAMES, theirs):
             assert np.array_equal(ours[name], value), name
 
 
