@@ -78,7 +78,6 @@ OPTIONAL_KEYS = {
                          "(absent: not recorded)",
 }
 
-ONNX_FLOAT = {1: "float32", 11: "float64"}
 ONNX_TYPE_NAMES = {1: "float32", 7: "int64", 11: "float64", 6: "int32", 9: "bool", 10: "float16"}
 
 

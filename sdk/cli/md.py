@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mtsim.cli.common import load_model, read_structure
+from mtsim.cli.common import load_model, model_options, read_structure
 from mtsim.progress import progress
 from mtsim.units import GPA, MV_PER_CM
 
@@ -31,16 +31,6 @@ def write_structure(path, structure, prediction=None) -> None:
         ase.io.write(path, atoms, format="extxyz")
     else:
         ase.io.write(path, atoms)
-
-
-def model_options(function):
-    """--model, --device, --precision."""
-    function = click.option("--precision", type=click.Choice(["float32", "float64"]), default=None,
-                            help="Pick the float32 or float64 file of a model stem.")(function)
-    function = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                            show_default=True)(function)
-    return click.option("--model", "model_path", default=None,
-                        help="ONNX model file (default: the bundled model).")(function)
 
 
 # ================================================================================================ md

@@ -7,7 +7,7 @@ import json
 import click
 import numpy as np
 
-from mtsim.cli.common import load_model, read_frames
+from mtsim.cli.common import load_model, model_options, read_frames
 from mtsim.progress import progress
 from mtsim.units import GPA
 
@@ -39,9 +39,7 @@ def summary(label, atoms, p, skip=()) -> str:
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", "model_path", default=None, help="ONNX model file (default: the bundled model).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["float32", "float64"]), default=None)
+@model_options
 @click.option("--format", "fmt", type=click.Choice(["json", "extxyz"]), default="extxyz", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write all outputs of every structure here.")
