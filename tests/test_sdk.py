@@ -361,3 +361,30 @@ def test_calculator_drives_ase_optimizer(sdk_model):
     start = atoms.get_potential_energy()
     BFGS(atoms, logfile=None).run(fmax=1e-3, steps=8)
     assert atoms.get_potential_energy() < start
+
+
+def test_split_outputs_gives_each_structure_its_rows():
+    from mtsim.model import PER_ATOM_OUTPUTS, PER_STRUCTURE_OUTPUTS, split_outputs
+    from mtsim.onnx_format import OUTPUT_NAMES, OUTPUT_SHAPES
+
+    assert PER_STRUCTURE_OUTPUTS == ("energy", "stress", "dielectric")
+    assert PER_ATOM_OUTPUTS == ("forces", "magmoms", "charges", "born_charges")
+    sizes = (2, 3, 1)
+    rows = {"b": len(sizes), "n": sum(sizes)}
+    out = {}
+    for k, name in enumerate(OUTPUT_NAMES):  # each entry's value says which output, row and element it is
+        shape = (rows[OUTPUT_SHAPES[name][0]], *OUTPUT_SHAPES[name][1:])
+        out[name] = 1000 * k + np.arange(np.prod(shape), dtype=float).reshape(shape)
+    parts = split_outputs(out, sizes)
+    assert len(parts) == 3
+    start = 0
+    for s, (part, n) in enumerate(zip(parts, sizes)):
+        assert tuple(part) == OUTPUT_NAMES
+        for name in PER_STRUCTURE_OUTPUTS:
+            np.testing.assert_array_equal(part[name], out[name][s])
+        for name in PER_ATOM_OUTPUTS:
+            assert len(part[name]) == n
+            np.testing.assert_array_equal(part[name], out[name][start:start + n])
+        start += n
+    with pytest.raises(ValueError, match="6 atoms.*adds up to 5"):
+        split_outputs(out, (2, 3))
