@@ -146,8 +146,9 @@ def test_normal_install_from_a_wheel(tmp_path):
     install = subprocess.run([sys.executable, "-m", "pip", "install", str(wheel), "--no-deps", "--target",
                               str(tmp_path / "site"), "-q"], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr
-    code = ("import mtsim, mtsim.kernels, mtsim.cli, mtsim.phonon, mtsim.training, mtsim.converters\n"
-            "print(mtsim.__file__, mtsim.kernels.__file__, mtsim.training.__file__, mtsim.phonon.__file__)\n"
+    code = ("import mtsim, mtsim.kernels, mtsim.cli, mtsim.md, mtsim.phonon, mtsim.training, mtsim.converters\n"
+            "print(mtsim.__file__, mtsim.kernels.__file__, mtsim.training.__file__, mtsim.phonon.__file__,\n"
+            "      mtsim.md.__file__)\n"
             "print(mtsim.load(device='cpu').path)")  # the bundled model ships in the wheel
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, cwd=tmp_path)
