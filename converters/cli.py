@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import time
 
 import click
@@ -89,6 +90,38 @@ def _describe_elements(value: str) -> str:
     return value
 
 
+def describe_training_data(value: str) -> list[str]:
+    """Readable lines for the ``training_data`` metadata: one per training stage, oldest first (how many structures
+    carry each label, and the files), then the latest stage's description, wrapped. A JSON record of stages is
+    what ``mtsim.training.trainer`` writes (``description``, ``files``, ``labels``, ``base`` = the stage before);
+    other text is returned as it is (cut to 100 characters)."""
+    try:
+        record = json.loads(value)
+    except ValueError:
+        record = None
+    stages = []
+    while isinstance(record, dict) and isinstance(record.get("labels"), dict):
+        stages.append(record)
+        record = record.get("base")
+    if not stages:
+        return [value if len(value) <= 100 else f"{value[:97]}... (see --json)"]
+    stages.reverse()
+    lines = [f"{len(stages)} stage(s), oldest first; structures per label, then files (full record: --json)"]
+    for k, stage in enumerate(stages, 1):
+        by_count: dict[int, list[str]] = {}
+        for label, count in stage["labels"].items():
+            by_count.setdefault(int(count), []).append(label)
+        counts = ", ".join(f"{'/'.join(labels)} {count:,}" for count, labels in
+                           sorted(by_count.items(), key=lambda item: -item[0]))
+        files = [entry["file"] if isinstance(entry, dict) else str(entry) for entry in stage.get("files", [])]
+        lines.append(f"stage {k}: {counts}")
+        lines += textwrap.wrap(", ".join(files), 90, initial_indent="  files: ", subsequent_indent="    ")
+    if stages[-1].get("description"):
+        lines += textwrap.wrap(stages[-1]["description"], 90, initial_indent=f"stage {len(stages)} description: ",
+                               subsequent_indent="  ")
+    return lines
+
+
 @click.command("info")
 @click.argument("model", required=False, type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="print everything as one JSON object")
@@ -128,7 +161,10 @@ def info(model: str | None, as_json: bool, reader: str) -> None:
     row("cutoff", f"{meta['cutoff']} Å")
     row("elements", _describe_elements(meta["elements"]))
     row("parameters (trained)", f"{int(meta['parameter_count']):,}")
-    row("training data", meta["training_data"])
+    lines = describe_training_data(meta["training_data"])
+    row("training data", lines[0])
+    for line in lines[1:]:
+        row("", line)
     row("source checkpoint sha256", meta["source_checkpoint_sha256"])
     row("written by mtsim", meta["mtsim_version"])
     click.echo("metadata")

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from mtsim.kernels.cpu import batched_neighbor_list, neighbor_list
-from mtsim.kernels.verlet import NeighborList
+from mtsim.kernels.skin import NeighborList
 
 __all__ = ["NeighborList", "batched_neighbor_list", "cuda_available", "neighbor_list"]
 

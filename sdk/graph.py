@@ -126,16 +126,20 @@ def edge_vectors(positions, cells, batch, i, j, shifts) -> np.ndarray:
     return positions[j] - positions[i] + np.einsum("ek,ekl->el", shifts, cells[batch[i]])
 
 
+def first_overlap(i, j, shifts, distances, min_distance: float = MIN_DISTANCE) -> int | None:
+    """Index of the first edge between two different atoms, or an atom and its periodic image, shorter than
+    ``min_distance`` Å (``distances`` [e] Å); None if there is none."""
+    not_self = (i != j) | np.any(shifts != 0, axis=1)
+    close = np.flatnonzero(not_self & (distances < min_distance))
+    return int(close[0]) if close.size else None
+
+
 def check_overlaps(positions, cells, batch, i, j, shifts, min_distance: float = MIN_DISTANCE) -> None:
     """Raise ``ValueError`` naming the first pair of atoms closer than ``min_distance`` Å."""
-    not_self = (i != j) | np.any(shifts != 0, axis=1)
-    if not not_self.any():
-        return
-    d = np.linalg.norm(edge_vectors(positions, cells, batch, i, j, shifts)[not_self], axis=1)
-    close = np.flatnonzero(d < min_distance)
-    if close.size:
-        k = close[0]
-        a, b = i[not_self][k], j[not_self][k]
+    d = np.linalg.norm(edge_vectors(positions, cells, batch, i, j, shifts), axis=1)
+    k = first_overlap(i, j, shifts, d, min_distance)
+    if k is not None:
+        a, b = i[k], j[k]
         first = np.searchsorted(batch, batch[a])
         raise ValueError(
             f"overlapping atoms: atoms {a - first} and {b - first} of structure {batch[a]} are "

@@ -1,7 +1,7 @@
 """mtsim as an i-PI driver: a client of i-PI's socket protocol that also serves Born charges.
 
 The server (i-PI, or ASE's ``SocketIOCalculator``) sends positions and cell over a socket; the driver answers with
-energy, forces and virial, plus an "extras" string. mtsim answers with every head of the model:
+energy, forces and virial, plus an "extras" string. mtsim answers with every output of the model:
 
 - energy (Hartree), forces (Hartree/bohr), virial (Hartree) = -stress * volume with ``stress`` in ASE's sign
   (i-PI's pressure is tr(virial + kinetic)/3V), sent transposed like i-PI's own ASE driver does (zero if no

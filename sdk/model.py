@@ -1,4 +1,4 @@
-"""Loading an exported mtsim ONNX file and predicting every head with onnxruntime (no torch).
+"""Loading an exported mtsim ONNX file and predicting every output with onnxruntime (no torch).
 
 >>> import mtsim
 >>> model = mtsim.load("mtsim-1M.float64.onnx")          # doctest: +SKIP
@@ -21,6 +21,7 @@ from mtsim.kernels import cuda_available
 from mtsim.onnx_format import (
     INPUT_NAMES,
     OUTPUT_NAMES,
+    OUTPUT_SHAPES,
     CorruptOnnxError,
     OnnxFileNotFoundError,
     check_mtsim_metadata,
@@ -28,15 +29,28 @@ from mtsim.onnx_format import (
 )
 from mtsim.structure import Structure, as_structure
 
-PROPERTIES = OUTPUT_NAMES
-PER_STRUCTURE = ("energy", "stress", "dielectric")
+PER_STRUCTURE_OUTPUTS = tuple(name for name in OUTPUT_NAMES if OUTPUT_SHAPES[name][0] == "b")
+"""Outputs with one value per structure (leading dimension ``b``): energy, stress, dielectric."""
+PER_ATOM_OUTPUTS = tuple(name for name in OUTPUT_NAMES if OUTPUT_SHAPES[name][0] == "n")
+"""Outputs with one value per atom (leading dimension ``n``): forces, magmoms, charges, born_charges."""
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "mtsim-default"
 
 
+def split_outputs(outputs: dict[str, np.ndarray], atoms_per_structure: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """The batched outputs of one evaluation (every name of ``OUTPUT_NAMES``), one dict per structure: per-structure
+    outputs indexed by structure, per-atom outputs sliced by the structures' atom counts (in batch order)."""
+    bounds = np.cumsum([0, *atoms_per_structure])
+    if bounds[-1] != len(outputs[PER_ATOM_OUTPUTS[0]]):
+        raise ValueError(f"the outputs hold {len(outputs[PER_ATOM_OUTPUTS[0]])} atoms, but atoms_per_structure "
+                         f"adds up to {bounds[-1]}")
+    return [{name: outputs[name][k] if name in PER_STRUCTURE_OUTPUTS else outputs[name][bounds[k]:bounds[k + 1]]
+             for name in OUTPUT_NAMES} for k in range(len(atoms_per_structure))]
+
+
 @dataclass
 class Prediction:
-    """Every head for one structure, plain numpy.
+    """Every output for one structure, plain numpy.
 
     energy (eV), forces [n,3] (eV/Å), stress [3,3] (eV/Å^3, ASE sign: positive = tensile; zero for a cell
     without volume), magmoms [n] (μB), charges [n] (e), born_charges [n,3,3] (e; ``Z[i, a, b] = dF_ib/dE_a``,
@@ -51,8 +65,13 @@ class Prediction:
     born_charges: np.ndarray
     dielectric: np.ndarray
 
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray]) -> Prediction:
+        """From one structure's outputs (an item of ``split_outputs``); the energy becomes a Python float."""
+        return cls(**{**{name: outputs[name] for name in OUTPUT_NAMES}, "energy": float(outputs["energy"])})
+
     def as_dict(self) -> dict:
-        return {name: getattr(self, name) for name in PROPERTIES}
+        return {name: getattr(self, name) for name in OUTPUT_NAMES}
 
 
 def cuda_usable() -> bool:
@@ -174,12 +193,7 @@ class Model:
 
     # ------------------------------------------------------------------------------------------ evaluation
     def check_elements(self, numbers: np.ndarray) -> None:
-        unknown = sorted(set(np.unique(numbers).tolist()) - set(self.elements))
-        if unknown:
-            from ase.data import chemical_symbols
-
-            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
-            raise ValueError(f"unknown element: the model does not support {names}")
+        check_elements(numbers, self.elements)
 
     def evaluate(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on prebuilt inputs (``mtsim.graph.build_graph`` layout); returns the raw batched outputs."""
@@ -189,7 +203,7 @@ class Model:
         feeds = {name: inputs[name] for name in INPUT_NAMES}
         if self.io_binding:
             return self._evaluate_bound(feeds)
-        return dict(zip(PROPERTIES, self.session.run(list(PROPERTIES), feeds)))
+        return dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds)))
 
     def _evaluate_bound(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """IOBinding: each input is copied to the session's device once and the outputs are allocated there by
@@ -197,38 +211,31 @@ class Model:
         binding = self.session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in PROPERTIES:
+        for name in OUTPUT_NAMES:
             binding.bind_output(name, self.device)
         self.session.run_with_iobinding(binding)
-        return dict(zip(PROPERTIES, binding.copy_outputs_to_cpu()))
+        return dict(zip(OUTPUT_NAMES, binding.copy_outputs_to_cpu()))
 
     def estimate_bytes(self, slots: int) -> float:
         """Estimated peak memory (bytes) of one evaluation whose graph has ``slots`` edge slots
-        (``mtsim.graph.slot_count``: atoms times the largest neighbour count plus one).
-
-        Measured on the CPU for the 1M preset in float32: 18.4 and 17.9 kB per slot at 1,000 and 10,648 atoms (two
-        calls, onnxruntime's arena on); the estimate is ``BYTES_PER_SLOT_CHANNEL_MODULE`` times the channels, the
-        attention modules (4 per block + 5 heads) and the float size, 20.6 kB per slot here.
+        (``mtsim.graph.slot_count``: atoms times the largest neighbour count plus one):
+        ``BYTES_PER_SLOT_CHANNEL_MODULE`` times the channels, the attention modules (4 per block + 5 output heads)
+        and the float size per slot (20.6 kB per slot for the 1M preset in float32).
         """
         config = json.loads(self.metadata.get("model_config", "{}"))
         modules = 4 * config.get("num_blocks", 2) + 5
         per_slot = BYTES_PER_SLOT_CHANNEL_MODULE * config.get("dim", 128) * modules * self.dtype.itemsize
         return per_slot * slots
 
-    def predict(self, structures, properties: Sequence[str] | None = None, batch_size: int | None = None,
+    def predict(self, structures, *, batch_size: int | None = None,
                 allow_overlap: bool = False) -> Prediction | list[Prediction]:
-        """Predict every head for an ``ase.Atoms`` / ``mtsim.Structure`` or a list of them.
+        """Predict every output for an ``ase.Atoms`` / ``mtsim.Structure`` or a list of them.
 
         Lists are evaluated in batches of consecutive structures, at most ``batch_size`` of them, ``ATOM_BUDGET``
         atoms and, on the CPU, ``CPU_SLOT_BUDGET`` edge slots, split further so that each stays within
         ``memory_budget`` bytes (default: 80 % of the memory available now). A structure whose estimate alone
         exceeds the budget raises ``MemoryError`` before it is evaluated.
-        ``properties`` is accepted for API symmetry; the graph computes all heads in one pass.
         """
-        if properties is not None:
-            unknown = set(properties) - set(PROPERTIES)
-            if unknown:
-                raise ValueError(f"unknown properties {sorted(unknown)}; available: {PROPERTIES}")
         single = not isinstance(structures, (list, tuple))
         items: list[Structure] = [as_structure(s) for s in ([structures] if single else structures)]
         if not items:
@@ -256,12 +263,8 @@ class Model:
                     pending[:0] = [chunk[:half], chunk[half:]]
                     continue
                 out = self.evaluate(graph)
-                bounds = np.cumsum([0] + [len(g["numbers"]) for g in chunk])
-                for k in range(len(chunk)):
-                    atoms = slice(bounds[k], bounds[k + 1])
-                    values = {key: (out[key][k] if key in PER_STRUCTURE else out[key][atoms]) for key in PROPERTIES}
-                    values["energy"] = float(values["energy"])
-                    results.append(Prediction(**values))
+                results += [Prediction.from_outputs(values)
+                            for values in split_outputs(out, [len(g["numbers"]) for g in chunk])]
         return results[0] if single else results
 
 
@@ -272,6 +275,16 @@ CPU_SLOT_BUDGET = 4096
 slower per slot, padding included (measured in ``bench/README.md``, "Lists of structures")."""
 BYTES_PER_SLOT_CHANNEL_MODULE = 3.1
 """Peak memory per edge slot, channel, attention module and byte of float (onnxruntime CPU, measured)."""
+
+
+def check_elements(numbers: np.ndarray, elements: Sequence[int]) -> None:
+    """Raise ``ValueError`` naming every atomic number in ``numbers`` that is not in ``elements``."""
+    unknown = sorted(set(np.unique(numbers).tolist()) - set(elements))
+    if unknown:
+        from ase.data import chemical_symbols
+
+        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+        raise ValueError(f"unknown element: the model does not support {names}")
 
 
 def available_memory() -> float:

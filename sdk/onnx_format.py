@@ -26,8 +26,8 @@ FORMAT_NAME = "mtsim-onnx"
 FORMAT_VERSION = 2
 """Version written by this mtsim (``mtsim_format_version``). Bump it when inputs, outputs or units change."""
 SUPPORTED_FORMAT_VERSIONS = (2,)
-"""Versions this mtsim reads. Version 1 (no slot inputs; its graph summed over edges with ScatterElements, 2-4x
-slower) is refused with a request to re-export the checkpoint."""
+"""Versions this mtsim reads. A version-1 file (no slot inputs) is refused with a request to re-export the
+checkpoint."""
 INPUT_LAYOUT = "flat-edges+slots"
 """``input_layout`` of format version 2: edges as an [2,e] index list plus [e,3] integer cell shifts, and
 ``receiver_slots``/``sender_slots`` [n,k] (each atom's edges, padded with e; ``mtsim.graph.edge_slots``), so that
@@ -78,7 +78,6 @@ OPTIONAL_KEYS = {
                          "(absent: not recorded)",
 }
 
-ONNX_FLOAT = {1: "float32", 11: "float64"}
 ONNX_TYPE_NAMES = {1: "float32", 7: "int64", 11: "float64", 6: "int32", 9: "bool", 10: "float16"}
 
 

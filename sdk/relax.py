@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mtsim.md import DEFAULT_SKIN, MDState, ModelPotential
+from mtsim.md.state import MDState
+from mtsim.potential import DEFAULT_SKIN, ModelPotential
 from mtsim.structure import Structure
 from mtsim.units import GPA
 
@@ -28,7 +29,7 @@ from mtsim.units import GPA
 class RelaxResult:
     """``structure`` (mtsim.Structure), ``energy`` (eV, potential energy), ``converged``, ``steps`` (FIRE steps
     taken), ``history`` (one dict per evaluation: step, energy, enthalpy, fmax, stress_GPa = max |σ + p I|,
-    volume), ``enthalpy`` E + pV (eV), ``prediction`` (every head at the final structure), ``fmax`` (eV/Å) and
+    volume), ``enthalpy`` E + pV (eV), ``prediction`` (every output at the final structure), ``fmax`` (eV/Å) and
     ``stress`` ([3,3] eV/Å^3, ASE sign) at the end."""
 
     structure: Structure

@@ -1,6 +1,6 @@
-"""MD output: extxyz trajectories with every head per frame, and CSV logs.
+"""MD output: extxyz trajectories with every output per frame, and CSV logs.
 
-A trajectory frame holds the unwrapped positions, the cell, the momenta and every model head: per atom
+A trajectory frame holds the unwrapped positions, the cell, the momenta and every model output: per atom
 ``forces`` (the model's, without the field force), ``magmoms``, ``charges``, ``born_charges`` (9 values per atom,
 row-major ``Z[i, a, b]``); per frame ``energy``, ``stress`` (9), ``dielectric`` (9), ``polarization`` (μC/cm²),
 ``field`` (V/Å), ``time_fs``, ``step``, ``temperature_K``. ``ase.io.read(path, index=":")`` reads it back (energy,
@@ -48,22 +48,22 @@ class CSVLog:
 
 
 def frame(state):
-    """An ``ase.Atoms`` with every head of the state (see the module docstring)."""
+    """An ``ase.Atoms`` with every output of the state (see the module docstring)."""
     from ase import Atoms
 
     n = state.n_atoms
     atoms = Atoms(numbers=state.numbers, positions=state.positions, cell=state.cell, pbc=state.pbc)
     atoms.set_momenta(state.momenta)
-    heads = state.heads
+    outputs = state.outputs
     atoms.info.update(
-        energy=float(heads["energy"]), stress=np.asarray(heads["stress"]).reshape(9),
-        dielectric=np.asarray(heads["dielectric"]).reshape(9), polarization=np.asarray(state.polarization),
+        energy=float(outputs["energy"]), stress=np.asarray(outputs["stress"]).reshape(9),
+        dielectric=np.asarray(outputs["dielectric"]).reshape(9), polarization=np.asarray(state.polarization),
         field=np.asarray(state.field), time_fs=float(state.time), step=int(state.step),
         temperature_K=float(state.temperature),
     )
-    atoms.arrays.update(forces=np.asarray(heads["forces"]), magmoms=np.asarray(heads["magmoms"]),
-                        charges=np.asarray(heads["charges"]),
-                        born_charges=np.asarray(heads["born_charges"]).reshape(n, 9))
+    atoms.arrays.update(forces=np.asarray(outputs["forces"]), magmoms=np.asarray(outputs["magmoms"]),
+                        charges=np.asarray(outputs["charges"]),
+                        born_charges=np.asarray(outputs["born_charges"]).reshape(n, 9))
     return atoms
 
 

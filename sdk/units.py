@@ -8,7 +8,6 @@ from ase import units as _ase
 
 FS = _ase.fs
 """One femtosecond in ASE time units."""
-PS = 1000.0 * FS
 KB = _ase.kB
 """Boltzmann constant, eV/K."""
 GPA = _ase.GPa
@@ -30,8 +29,6 @@ E_PER_A2_IN_UC_PER_CM2 = _ase._e * 1e6 / 1e-16
 
 THZ_PER_SQRT_EV_A2_AMU = (EV_J / ANGSTROM_M**2 / AMU_KG) ** 0.5 / (2 * 3.141592653589793) / 1e12
 """Phonon frequency factor: sqrt(eigenvalue in eV/Å^2/amu) -> THz (≈ 15.633, phonopy's DefaultToTHz)."""
-THZ_IN_CM1 = 1e12 / 2.99792458e10
-"""One THz in cm^-1."""
 THZ_IN_MEV = 1e12 * 2 * 3.141592653589793 * HBAR_EV_S * 1e3
 """One THz (frequency, h·f) in meV."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from mtsim.graph import build_graph, edge_vectors
-from mtsim.model import PER_STRUCTURE, PROPERTIES, Prediction
+from mtsim.model import Prediction, split_outputs
 from mtsim.structure import as_structure
 
 
@@ -73,15 +73,9 @@ class PairModel:
             "born_charges": q[:, None, None] * np.eye(3), "dielectric": np.repeat(self.dielectric[None], b, 0),
         }
 
-    def predict(self, structures, properties=None, batch_size=None, allow_overlap=False):
+    def predict(self, structures, *, batch_size=None, allow_overlap=False):
         single = not isinstance(structures, (list, tuple))
         items = [as_structure(s) for s in ([structures] if single else structures)]
         out = self.evaluate(build_graph(items, self.cutoff, check_overlap=not allow_overlap))
-        results, start = [], 0
-        for k, s in enumerate(items):
-            atoms = slice(start, start + len(s))
-            start += len(s)
-            values = {key: (out[key][k] if key in PER_STRUCTURE else out[key][atoms]) for key in PROPERTIES}
-            values["energy"] = float(values["energy"])
-            results.append(Prediction(**values))
+        results = [Prediction.from_outputs(values) for values in split_outputs(out, [len(s) for s in items])]
         return results[0] if single else results

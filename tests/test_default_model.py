@@ -83,3 +83,43 @@ def test_default_model_passes_export_parity_against_its_checkpoint(precision):
 
     report = validate_export(CHECKPOINT, MODELS_DIR / f"{DEFAULT_MODEL}.{precision}.onnx")
     assert report.passed, report.table("worst")
+
+
+def test_info_summarises_the_training_data_of_the_bundled_model():
+    from click.testing import CliRunner
+
+    from mtsim.cli import main
+
+    path = MODELS_DIR / f"{DEFAULT_MODEL}.float32.onnx"
+    result = CliRunner().invoke(main, ["info", str(path)])
+    assert result.exit_code == 0, result.output
+    training_data = mtsim.load(path, device="cpu").metadata["training_data"]
+    stages = []
+    record = json.loads(training_data)
+    while record is not None:
+        stages.append(record)
+        record = record.get("base")
+    stages.reverse()
+    section = result.output.split("source checkpoint sha256")[0].split("training data")[1]
+    assert f"{len(stages)} stage(s)" in section
+    for k, stage in enumerate(stages, 1):
+        line = next(row for row in section.splitlines() if row.strip().startswith(f"stage {k}:"))
+        assert f"energy/forces/magmoms/stress {stage['labels']['energy']:,}" in line
+        assert f"born_charges/dielectric {stage['labels']['born_charges']:,}" in line
+    assert "lab_train12.extxyz" in section and len(section) < 5000  # the record is ~12,000 characters of JSON
+    full = json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).output)
+    assert full["metadata"]["training_data"] == training_data
+
+
+def test_training_data_summary_of_a_two_stage_record_and_of_plain_text():
+    from mtsim.converters.cli import describe_training_data
+
+    first = {"description": "first", "files": [{"file": "a.xyz", "sha256": "0"}], "labels": {"energy": 3, "forces": 3}}
+    second = {"description": "second run", "files": [{"file": "b.xyz", "sha256": "1"}],
+              "labels": {"energy": 5, "forces": 5, "charges": 0}, "base": first}
+    lines = describe_training_data(json.dumps(second))
+    assert lines[0].startswith("2 stage(s), oldest first")
+    assert lines[1] == "stage 1: energy/forces 3" and lines[2] == "  files: a.xyz"
+    assert lines[3] == "stage 2: energy/forces 5, charges 0" and lines[4] == "  files: b.xyz"
+    assert lines[5] == "stage 2 description: second run"
+    assert describe_training_data("untrained / none") == ["untrained / none"]

@@ -8,7 +8,7 @@ from analytic import PairModel
 from ase.build import bulk
 from click.testing import CliRunner
 
-from mtsim import field, md
+from mtsim import field, field_md, md
 from mtsim.units import E_PER_A2_IN_UC_PER_CM2, MV_PER_CM
 
 A_EQ = 3.27563  # zero-pressure fcc lattice constant of the default PairModel
@@ -184,19 +184,19 @@ def test_loop_metrics_of_known_loops():
     ec, ps = 0.4, 30.0
     descending = phase <= np.pi
     p = np.where(descending, ps * np.tanh(8 * (e + ec)), ps * np.tanh(8 * (e - ec)))
-    remanent, coercive = field.loop_metrics(e, p)
+    remanent, coercive = field_md.loop_metrics(e, p)
     assert coercive == pytest.approx(ec, abs=2e-3)
     assert remanent == pytest.approx(ps * np.tanh(8 * ec), rel=1e-3)
     # ellipse P = sin(phase + δ)… a linear lossy dielectric: P = cos(phase − δ)
     delta = 0.3
-    remanent, coercive = field.loop_metrics(e, np.cos(phase - delta))
+    remanent, coercive = field_md.loop_metrics(e, np.cos(phase - delta))
     assert remanent == pytest.approx(np.sin(delta), rel=1e-3)
     assert coercive == pytest.approx(np.sin(delta), rel=1e-3)
-    assert np.isnan(field.loop_metrics(e, np.ones_like(e) + 0.1 * e)[1])  # P never changes sign
+    assert np.isnan(field_md.loop_metrics(e, np.ones_like(e) + 0.1 * e)[1])  # P never changes sign
 
 
 def test_hysteresis_protocol(tmp_path):
-    result = field.hysteresis(PairModel(charges=CHARGES), ionic((1, 1, 2)), field_max=0.04, period=41.0,
+    result = field_md.hysteresis(PairModel(charges=CHARGES), ionic((1, 1, 2)), field_max=0.04, period=41.0,
                               cycles=2, temperature=50.0, axis="z", timestep=2.0, seed=1, points=10,
                               log=tmp_path / "log.csv", interval=5)
     assert result.period == 40.0 and len(result.field) == 10 and len(result.polarization) == 10
@@ -205,7 +205,7 @@ def test_hysteresis_protocol(tmp_path):
     assert result.field[0] == pytest.approx(0.04 * np.mean(np.cos(2 * np.pi * np.arange(2) / 20)))
     assert abs(result.polarization.mean()) < 1e-12
     assert np.isfinite(result.remanent)
-    csv_path, png_path = field.write_pe_loop(result, tmp_path / "out")
+    csv_path, png_path = field_md.write_pe_loop(result, tmp_path / "out")
     with open(csv_path) as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["field_MV_cm", "polarization_uC_cm2"] and len(rows) == 12

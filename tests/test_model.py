@@ -9,11 +9,11 @@ from ase import Atoms  # noqa: E402
 from ase.build import bulk, molecule  # noqa: E402
 
 from mtsim.graph import build_graph  # noqa: E402
+from mtsim.model import PER_ATOM_OUTPUTS as PER_ATOM  # noqa: E402
+from mtsim.model import PER_STRUCTURE_OUTPUTS as PER_STRUCTURE  # noqa: E402
 from mtsim.training import PRESETS, MTModel, build_model  # noqa: E402
 
 SMALL = dict(num_blocks=2, dim=32, ffn_dim=32, num_heads=4, num_gaussians=16)
-PER_ATOM = ("forces", "magmoms", "charges", "born_charges")
-PER_STRUCTURE = ("energy", "stress", "dielectric")
 
 
 def make_model(dtype=torch.float64, **overrides) -> MTModel:

@@ -104,7 +104,7 @@ def test_model_attributes(sdk_model):
     assert sdk_model.cutoff == 5.0
     assert sdk_model.elements == tuple(range(1, 95))
     assert sdk_model.metadata["mtsim_format"] == "mtsim-onnx"
-    assert json.loads(sdk_model.metadata["heads"]) == list(mtsim.model.PROPERTIES)
+    assert json.loads(sdk_model.metadata["heads"]) == list(mtsim.model.OUTPUT_NAMES)
 
 
 def test_calculator_drives_ase_velocity_verlet(sdk_model):
@@ -239,7 +239,7 @@ def test_io_binding_gives_the_same_numbers(exported):
     plain = model.evaluate(inputs)
     model.io_binding = True
     bound = model.evaluate(inputs)
-    for name in mtsim.model.PROPERTIES:
+    for name in mtsim.model.OUTPUT_NAMES:
         assert bound[name].dtype == plain[name].dtype and np.array_equal(bound[name], plain[name]), name
 
 
@@ -258,8 +258,8 @@ def test_cpu_session_options_change_memory_not_numbers(exported):
     for items in (structures(), structures()[:1]):
         inputs = build_graph(items, model.cutoff, dtype=model.dtype)
         ours = model.evaluate(inputs)
-        theirs = default.run(list(mtsim.model.PROPERTIES), {name: inputs[name] for name in mtsim.model.INPUT_NAMES})
-        for name, value in zip(mtsim.model.PROPERTIES, theirs):
+        theirs = default.run(list(mtsim.model.OUTPUT_NAMES), {name: inputs[name] for name in mtsim.model.INPUT_NAMES})
+        for name, value in zip(mtsim.model.OUTPUT_NAMES, theirs):
             assert np.array_equal(ours[name], value), name
 
 
@@ -361,3 +361,30 @@ def test_calculator_drives_ase_optimizer(sdk_model):
     start = atoms.get_potential_energy()
     BFGS(atoms, logfile=None).run(fmax=1e-3, steps=8)
     assert atoms.get_potential_energy() < start
+
+
+def test_split_outputs_gives_each_structure_its_rows():
+    from mtsim.model import PER_ATOM_OUTPUTS, PER_STRUCTURE_OUTPUTS, split_outputs
+    from mtsim.onnx_format import OUTPUT_NAMES, OUTPUT_SHAPES
+
+    assert PER_STRUCTURE_OUTPUTS == ("energy", "stress", "dielectric")
+    assert PER_ATOM_OUTPUTS == ("forces", "magmoms", "charges", "born_charges")
+    sizes = (2, 3, 1)
+    rows = {"b": len(sizes), "n": sum(sizes)}
+    out = {}
+    for k, name in enumerate(OUTPUT_NAMES):  # each entry's value says which output, row and element it is
+        shape = (rows[OUTPUT_SHAPES[name][0]], *OUTPUT_SHAPES[name][1:])
+        out[name] = 1000 * k + np.arange(np.prod(shape), dtype=float).reshape(shape)
+    parts = split_outputs(out, sizes)
+    assert len(parts) == 3
+    start = 0
+    for s, (part, n) in enumerate(zip(parts, sizes)):
+        assert tuple(part) == OUTPUT_NAMES
+        for name in PER_STRUCTURE_OUTPUTS:
+            np.testing.assert_array_equal(part[name], out[name][s])
+        for name in PER_ATOM_OUTPUTS:
+            assert len(part[name]) == n
+            np.testing.assert_array_equal(part[name], out[name][start:start + n])
+        start += n
+    with pytest.raises(ValueError, match="6 atoms.*adds up to 5"):
+        split_outputs(out, (2, 3))

@@ -36,9 +36,9 @@ from ase.stress import voigt_6_to_full_3x3_stress
 from torch import Tensor
 
 from mtsim.graph import build_graph, with_slots
+from mtsim.model import PER_STRUCTURE_OUTPUTS
 from mtsim.training.model import PROPERTIES
 
-PER_STRUCTURE = ("energy", "stress", "dielectric")
 LABEL_SHAPES = {"energy": (), "forces": (3,), "stress": (3, 3), "magmoms": (), "charges": (),
                 "born_charges": (3, 3), "dielectric": (3, 3)}
 """Shape of one label per structure (per-structure labels) or per atom (the others)."""
@@ -133,7 +133,7 @@ def extract_labels(atoms, keys: Mapping[str, Sequence[str]] | None = None) -> di
 
 def as_label(label: str, value: np.ndarray, num_atoms: int, key: str) -> np.ndarray:
     """Reshape a raw label to its canonical shape; ``ValueError`` naming the key if the size does not fit."""
-    shape = LABEL_SHAPES[label] if label in PER_STRUCTURE else (num_atoms, *LABEL_SHAPES[label])
+    shape = LABEL_SHAPES[label] if label in PER_STRUCTURE_OUTPUTS else (num_atoms, *LABEL_SHAPES[label])
     if label == "stress" and value.size == 6:
         value = voigt_6_to_full_3x3_stress(value)
     if value.size != int(np.prod(shape)):
@@ -213,9 +213,9 @@ def collate(samples: Sequence[Sample], dtype: torch.dtype = torch.float64) -> Ba
         if not any(carried):
             continue
         shape = LABEL_SHAPES[label]
-        parts = [s.labels[label] if c else np.full((() if label in PER_STRUCTURE else (n,)) + shape, np.nan)
+        parts = [s.labels[label] if c else np.full((() if label in PER_STRUCTURE_OUTPUTS else (n,)) + shape, np.nan)
                  for s, c, n in zip(samples, carried, sizes)]
-        stacked = np.stack(parts) if label in PER_STRUCTURE else np.concatenate(parts)
+        stacked = np.stack(parts) if label in PER_STRUCTURE_OUTPUTS else np.concatenate(parts)
         labels[label] = torch.from_numpy(stacked).to(dtype)
         masks[label] = torch.tensor(carried)
     return Batch(inputs, labels, masks, torch.tensor(sizes))

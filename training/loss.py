@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 
 from torch import Tensor
 
-from mtsim.training.data import PER_STRUCTURE, Batch
+from mtsim.model import PER_STRUCTURE_OUTPUTS
+from mtsim.training.data import Batch
 from mtsim.units import GPA
 
 DEFAULT_WEIGHTS = {"energy": 1.0, "forces": 10.0, "stress": 0.07, "magmoms": 1.0, "charges": 1.0,
@@ -34,7 +35,7 @@ def absolute_errors(predictions: Mapping[str, Tensor], batch: Batch,
         if task not in batch.labels:
             continue
         carried = batch.masks[task]
-        mask = carried if task in PER_STRUCTURE else carried[batch.inputs["batch"]]
+        mask = carried if task in PER_STRUCTURE_OUTPUTS else carried[batch.inputs["batch"]]
         prediction, target = predictions[task][mask], batch.labels[task][mask]
         if task == "energy":
             atoms = batch.num_atoms[carried].to(prediction.dtype)

@@ -501,6 +501,7 @@ class MTModel(nn.Module):
         """Evaluate ``ase.Atoms`` / ``mtsim.Structure`` objects (one or a list); returns one dict per structure
         with the keys of ``PROPERTIES`` as numpy arrays (units as in the module docstring)."""
         from mtsim.graph import build_graph
+        from mtsim.model import split_outputs
 
         single = not isinstance(structures, (list, tuple))
         structures = [structures] if single else list(structures)
@@ -516,14 +517,7 @@ class MTModel(nn.Module):
         finally:
             self.train(was_training)
         out = {key: value.detach().cpu().numpy() for key, value in out.items()}
-        bounds = np.cumsum([0] + [len(s) for s in structures])
-        results = []
-        for k in range(len(structures)):
-            atoms = slice(bounds[k], bounds[k + 1])
-            results.append({
-                key: out[key][k] if key in ("energy", "stress", "dielectric") else out[key][atoms]
-                for key in PROPERTIES
-            })
+        results = split_outputs(out, [len(s) for s in structures])
         return results[0] if single else results
 
 

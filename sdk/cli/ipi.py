@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import click
 
-from mtsim.cli.common import load_model, read_structure
+from mtsim.cli.common import load_model, model_options, read_structure
 
 
 @click.command("ipi")
 @click.argument("structure", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", "model_path", default=None, help="ONNX model file (default: the bundled model).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["float32", "float64"]), default=None,
-              help="Pick the float32 or float64 file of a model stem.")
+@model_options
 @click.option("--address", default=None, metavar="HOST:PORT",
               help="i-PI's inet socket (<ffsocket mode='inet'>)  [default: localhost:65535, i-PI's default]")
 @click.option("--unix", default=None, metavar="NAME",

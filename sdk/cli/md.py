@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mtsim.cli.common import load_model, read_structure
+from mtsim.cli.common import load_model, model_options, read_structure
 from mtsim.progress import progress
 from mtsim.units import GPA, MV_PER_CM
 
@@ -18,7 +18,7 @@ FS_PER_PS = 1000.0
 
 
 def write_structure(path, structure, prediction=None) -> None:
-    """Write a structure; extxyz files (``.xyz``/``.extxyz``) also get every head of ``prediction``."""
+    """Write a structure; extxyz files (``.xyz``/``.extxyz``) also get every output of ``prediction``."""
     import ase.io
 
     atoms = structure.to_atoms()
@@ -31,16 +31,6 @@ def write_structure(path, structure, prediction=None) -> None:
         ase.io.write(path, atoms, format="extxyz")
     else:
         ase.io.write(path, atoms)
-
-
-def model_options(function):
-    """--model, --device, --precision."""
-    function = click.option("--precision", type=click.Choice(["float32", "float64"]), default=None,
-                            help="Pick the float32 or float64 file of a model stem.")(function)
-    function = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                            show_default=True)(function)
-    return click.option("--model", "model_path", default=None,
-                        help="ONNX model file (default: the bundled model).")(function)
 
 
 # ================================================================================================ md
@@ -59,7 +49,7 @@ def model_options(function):
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default="md_log.csv", show_default=True,
               help="CSV log.")
 @click.option("--trajectory", type=click.Path(dir_okay=False), default=None,
-              help="extxyz trajectory with every head per frame.")
+              help="extxyz trajectory with every output per frame.")
 @click.option("--interval", type=int, default=10, show_default=True, help="Steps between log rows and frames.")
 @click.option("--barostat", type=click.Choice(["isotropic", "full"]), default="isotropic", show_default=True,
               help="npt: volume only, or the full cell.")
@@ -126,7 +116,7 @@ def md(structure, model_path, device, precision, ensemble, temperature, pressure
 @click.option("--pressure", type=float, default=0.0, show_default=True, help="GPa (with --cell).")
 @click.option("--max-steps", type=int, default=500, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Relaxed structure (default: STEM_relaxed.extxyz; extxyz gets every head).")
+              help="Relaxed structure (default: STEM_relaxed.extxyz; extxyz gets every output).")
 def relax(structure, model_path, device, precision, fmax, cell, pressure, max_steps, output):
     """Relax STRUCTURE (any ASE format; the last frame) with FIRE."""
     from mtsim.md import MDError
@@ -175,8 +165,8 @@ def relax(structure, model_path, device, precision, fmax, cell, pressure, max_st
 def hysteresis(structure, model_path, device, precision, field_max, period, cycles, temperature, axis, output,
                timestep, ensemble, tdamp, equilibration, seed, interval, trajectory):
     """P-E hysteresis loop of STRUCTURE under E(t) = E_max cos(2 pi t / period) along --axis."""
-    from mtsim.field import hysteresis as run_hysteresis
-    from mtsim.field import write_pe_loop
+    from mtsim.field_md import hysteresis as run_hysteresis
+    from mtsim.field_md import write_pe_loop
     from mtsim.md import MDError
 
     atoms = read_structure(structure)

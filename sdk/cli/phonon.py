@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mtsim.cli.common import load_model, read_structure
+from mtsim.cli.common import load_model, model_options, read_structure
 
 SUPERCELL_WIDTH = 10.0
 """Å. Without --supercell, each supercell width (distance between opposite faces) is at least this."""
@@ -26,10 +26,7 @@ def default_supercell(cell: np.ndarray) -> tuple[int, int, int]:
 def common_options(function):
     """Options shared by ``phonon`` and ``qha``."""
     options = [
-        click.option("--model", "model_path", default=None, help="ONNX model file (default: the bundled model)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-        click.option("--precision", type=click.Choice(["float32", "float64"]), default=None,
-                     help="Pick the float32 or float64 file of a model stem."),
+        model_options,
         click.option("--supercell", nargs=3, type=int, default=None,
                      help=f"Diagonal supercell (default: every width >= {SUPERCELL_WIDTH:g} Å)."),
         click.option("--mesh", nargs=3, type=int, default=(20, 20, 20), show_default=True,

@@ -1,4 +1,4 @@
-"""``mtsim predict``: all heads for every structure in files ASE can read."""
+"""``mtsim predict``: all outputs for every structure in files ASE can read."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import click
 import numpy as np
 
-from mtsim.cli.common import load_model, read_frames
+from mtsim.cli.common import load_model, model_options, read_frames
 from mtsim.progress import progress
 from mtsim.units import GPA
 
@@ -39,12 +39,10 @@ def summary(label, atoms, p, skip=()) -> str:
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", "model_path", default=None, help="ONNX model file (default: the bundled model).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["float32", "float64"]), default=None)
+@model_options
 @click.option("--format", "fmt", type=click.Choice(["json", "extxyz"]), default="extxyz", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Write all heads of every structure here.")
+              help="Write all outputs of every structure here.")
 @click.option("--allow-overlap", is_flag=True, help="Do not reject atoms closer than 0.1 Å.")
 @click.option("--include-untrained", is_flag=True,
               help="Also report outputs whose head the model marks untrained (they are not predictions).")
@@ -71,8 +69,8 @@ def predict(files, model_path, device, precision, fmt, output, allow_overlap, in
 
 
 def write_predictions(path, fmt, results, skip=()) -> None:
-    """``json``: a list of objects (label, formula, every head as nested lists); ``extxyz``: one frame per
-    structure with per-atom heads as arrays and per-structure heads in the info line. Outputs in ``skip`` are
+    """``json``: a list of objects (label, formula, every output as nested lists); ``extxyz``: one frame per
+    structure with per-atom outputs as arrays and per-structure outputs in the info line. Outputs in ``skip`` are
     left out."""
     if fmt == "json":
         records = [{"label": label, "formula": atoms.get_chemical_formula(),
