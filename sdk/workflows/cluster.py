@@ -12,6 +12,9 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from mtsim.workflows.tasks import compute_batch
 
 PLUGIN = "mtsim-model"
+_MODELS: dict = {}
+"""Models loaded in this worker process, by (model, device, precision, threads): a plugin registered again by the
+next run of the same model reuses it."""
 
 
 class ModelPlugin(WorkerPlugin):
@@ -21,19 +24,22 @@ class ModelPlugin(WorkerPlugin):
     name = PLUGIN
 
     def __init__(self, model, device: str, precision: str | None, threads: int | None, sha256: str):
-        self.model_arg, self.device, self.precision, self.threads, self.sha256 = model, device, precision, threads, sha256
+        self.model_arg, self.device, self.precision = model, device, precision
+        self.threads, self.sha256 = threads, sha256
         self.model = None
 
     def setup(self, worker=None):
         import mtsim
         from mtsim.workflows.database import file_sha256
 
-        model = mtsim.load(self.model_arg, device=self.device, precision=self.precision, threads=self.threads)
+        settings = (str(self.model_arg), self.device, self.precision, self.threads)
+        model = _MODELS.get(settings) or mtsim.load(self.model_arg, device=self.device, precision=self.precision,
+                                                   threads=self.threads)
         found = file_sha256(model.path)
         if found != self.sha256:
             raise RuntimeError(f"the worker's model file {model.path} (sha256 {found}) is not the driver's "
                                f"(sha256 {self.sha256}): give every worker the same model file")
-        self.model = model
+        self.model = _MODELS[settings] = model
 
 
 def run_on_worker(task, options: dict, items: list) -> list:

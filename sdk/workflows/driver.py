@@ -136,11 +136,9 @@ def run(task: str | Task, inputs, db: str, *, workers: int | None = None, schedu
         raise ValueError("give either workers (a local cluster) or scheduler/client, not both")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    loaded = mtsim.load(model, device="cpu", precision=precision)  # the driver's check of the model and its name
-    sha256 = file_sha256(loaded.path)
-    identity = RunIdentity(spec.name, options, options_hash(spec.name, options, sha256),
-                           loaded.metadata.get("model_name", loaded.path.name), sha256, mtsim.__version__,
-                           loaded.metadata.get("source_checkpoint_sha256"))
+    name, sha256, checkpoint = model_identity(model, precision)
+    identity = RunIdentity(spec.name, options, options_hash(spec.name, options, sha256), name, sha256,
+                           mtsim.__version__, checkpoint)
     structures: dict[str, tuple[str, object]] = {}
     summary = Summary(spec.name, str(db))
     for source, atoms in read_inputs(inputs, select, exclude=db):
@@ -170,6 +168,26 @@ def run(task: str | Task, inputs, db: str, *, workers: int | None = None, schedu
         raise Interrupted(summary) from None
     summary.seconds = time.monotonic() - start
     return summary
+
+
+_IDENTITIES: dict = {}
+
+
+def model_identity(model, precision) -> tuple[str, str, str | None]:
+    """(model name, sha256 of the file, source checkpoint sha256 or None) of the model ``mtsim.load`` opens; the
+    model is loaded once per process (the driver's check that it opens) and its file hashed at every call."""
+    import mtsim
+
+    key = (str(model), precision)
+    if key not in _IDENTITIES:
+        loaded = mtsim.load(model, device="cpu", precision=precision)
+        _IDENTITIES[key] = (loaded.path, loaded.metadata.get("model_name", loaded.path.name),
+                            loaded.metadata.get("source_checkpoint_sha256"), file_sha256(loaded.path))
+    path, name, checkpoint, sha256 = _IDENTITIES[key]
+    if file_sha256(path) != sha256:  # the file changed since: load it again
+        del _IDENTITIES[key]
+        return model_identity(model, precision)
+    return name, sha256, checkpoint
 
 
 def _task(task) -> Task:
