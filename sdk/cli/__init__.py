@@ -19,10 +19,11 @@ def _register() -> None:
     from mtsim.cli.md import hysteresis, md, relax
     from mtsim.cli.phonon import phonon, qha
     from mtsim.cli.predict import predict
+    from mtsim.cli.run import run
     from mtsim.cli.train import train
     from mtsim.converters.cli import convert, info
 
-    for command in (convert, info, predict, md, relax, hysteresis, phonon, qha, ipi, train):
+    for command in (convert, info, predict, md, relax, hysteresis, phonon, qha, ipi, train, run):
         main.add_command(command)
 
 
