@@ -78,6 +78,7 @@ def test_a_run_records_failures_goes_on_and_resumes(tmp_path):
     good = [nacl(), nacl((0.0, 0.04, 0.0))]
     bad = bulk("Si", "diamond", a=5.43)
     bad.numbers[0] = 118  # oganesson: no PAW setup, GPAW raises
+    good[0].info["structure_id"] = "1234567"  # an all-digit id reads back as a number: ids are recomputed
     structures = tmp_path / "in.extxyz"
     ase.io.write(structures, [good[0], bad, good[1]])
     settings = dft.DFTSettings(**{**FAST.__dict__, "bader": False})
@@ -174,3 +175,17 @@ def test_structure_set_is_small_split_and_deterministic(tmp_path):
     assert categories == {"reference", "sic", "mgo", "batio3", "lah", "limno"}
     lah10 = next(a for a in frames if a.info["base"] == "LaH10:fcc")
     assert lah10.get_chemical_formula() == "H10La"
+
+
+@needs_gpaw
+def test_mtsim_run_label_task_gives_the_labeller_result():
+    from mtsim.workflows.tasks import TASKS, compute_batch
+
+    task = TASKS["label"]
+    settings = {"ecut": 250.0, "kpoint_density": 1.2, "bader": False}
+    done, failed = compute_batch(task, None, task.options({"settings": settings}), [("a", nacl())]) + \
+        compute_batch(task, None, task.options({"settings": {"cutoff": 1}}), [("b", nacl())])
+    expected = dft.label(nacl(), dft.DFTSettings(**settings)).calc.results
+    assert done.status == "done" and done.result.data["energy"] == expected["energy"]
+    np.testing.assert_array_equal(done.result.data["forces"], expected["forces"])
+    assert failed.status == "failed" and "cutoff" in failed.error

@@ -50,7 +50,7 @@ def option_help() -> str:
 @click.option("--quiet", is_flag=True, help="No live progress on stderr.")
 def run(task, inputs, db, workers, scheduler, threads, model_path, device, precision, pairs, retry_failed, files,
         batch_atoms, select, quiet):
-    """Run TASK (predict, relax, phonon, md) on every structure in INPUTS (files, globs, folders, ASE databases);
+    """Run TASK (predict, relax, phonon, md, label) on every structure in INPUTS (files, globs, folders, ASE databases);
     rerunning skips the structures already done."""
     from mtsim.workflows import Interrupted
     from mtsim.workflows import run as run_workflow

@@ -240,3 +240,25 @@ def md(model, atoms, ensemble: str = "nvt-langevin", temperature: float = 300.0,
 
 register(Task("md", md, {"ensemble": "nvt-langevin", "temperature": 300.0, "pressure": 0.0, "timestep": 1.0,
                          "steps": 200, "seed": 0, "interval": 10}))
+
+
+# ============================================================================================= label
+def label(model, atoms, settings: dict | None = None) -> Result:
+    """First-principles labels of one structure: GPAW PBE energy, forces, stress, magnetic moments and Bader
+    charges (``mtsim.training.builders.dft.label``; needs the ``train`` and ``dft`` extras on the workers).
+    ``settings``: fields of ``DFTSettings`` to change (e.g. ``{"ecut": 400}``). The model is not used."""
+    from mtsim.training.builders.dft import DFTSettings
+    from mtsim.training.builders.dft import label as gpaw_label
+
+    frame = gpaw_label(atoms, DFTSettings(**(settings or {})))
+    results = frame.calc.results
+    summary = {"energy_per_atom": float(results["energy"] / len(frame)),
+               "max_force": float(np.linalg.norm(results["forces"], axis=1).max()),
+               "scf_iterations": int(frame.info["dft_scf_iterations"]),
+               "dft_seconds": float(frame.info["dft_seconds"]), "kpts": frame.info["dft_kpts"]}
+    if "charge_residual" in frame.info:
+        summary["charge_residual"] = float(frame.info["charge_residual"])
+    return Result(summary, {name: np.asarray(value) for name, value in results.items()})
+
+
+register(Task("label", label, {"settings": {}}))

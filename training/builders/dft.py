@@ -151,7 +151,7 @@ def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> 
         results["stress"] = full_3x3_to_voigt_6_stress(stress)
     out = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     out.info.update({k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool))})
-    out.info["structure_id"] = atoms.info.get("structure_id") or structure_id(atoms)
+    out.info["structure_id"] = structure_id(atoms)
     out.info["energy_zero_smearing"] = float(calc.get_potential_energy(work, force_consistent=False))
     if settings.bader:
         try:
@@ -254,11 +254,11 @@ def run(structures: str | os.PathLike, out: str | os.PathLike, settings: DFTSett
     out = os.fspath(out)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     frames = ase.io.read(structures, index=":")
-    for atoms in frames:
-        atoms.info.setdefault("structure_id", structure_id(atoms))
+    for atoms in frames:  # the content hash again: extxyz reads an all-digit id back as a number
+        atoms.info["structure_id"] = structure_id(atoms)
     labelled_path, failed_path = os.path.join(out, LABELLED), os.path.join(out, FAILED)
     repair_tail(labelled_path)
-    done = {a.info["structure_id"] for a in _read_all(labelled_path)}
+    done = {structure_id(a) for a in _read_all(labelled_path)}
     failed = read_failures(failed_path)
     skip = done if retry_failed else done | set(failed)
     todo = [a for a in frames if a.info["structure_id"] not in skip]
@@ -322,7 +322,7 @@ def write_run_manifest(structures, out: str, settings: DFTSettings) -> dict:
     """Write and return ``OUT/manifest.json``: versions, settings, counts, CPU time, sha256 of input and outputs."""
     labelled = _read_all(os.path.join(out, LABELLED))
     failures = read_failures(os.path.join(out, FAILED))
-    failures = {k: v for k, v in failures.items() if k not in {a.info["structure_id"] for a in labelled}}
+    failures = {k: v for k, v in failures.items() if k not in {structure_id(a) for a in labelled}}
     residuals = [abs(a.info["charge_residual"]) for a in labelled if "charge_residual" in a.info]
     manifest = {
         "builder": "mtsim.training.builders.dft", "label_source": SOURCE,
