@@ -10,7 +10,7 @@ from mtsim.model import Model, Prediction, load
 from mtsim.onnx_format import ModelFileError
 from mtsim.structure import Structure
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 """The version of mtsim (also the distribution's: pyproject.toml reads it from here)."""
 
 __all__ = ["Calculator", "Model", "ModelFileError", "Prediction", "Structure", "__version__", "load"]
