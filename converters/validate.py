@@ -195,12 +195,11 @@ class ValidationReport:
 
 # ----------------------------------------------------------------------------------------------- validation
 def onnx_session(path: str | os.PathLike, threads: int = 0):
-    """A CPU onnxruntime session (``threads`` intra-op threads; 0 = onnxruntime's default)."""
-    import onnxruntime as ort
+    """A CPU onnxruntime session as the SDK makes it (``mtsim.session.open_session``; ``threads`` intra-op
+    threads, 0 = onnxruntime's default)."""
+    from mtsim.session import open_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    return open_session(path, "cpu", threads)
 
 
 def torch_outputs(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -22,11 +22,11 @@ from mtsim.onnx_format import (
     INPUT_NAMES,
     OUTPUT_NAMES,
     OUTPUT_SHAPES,
-    CorruptOnnxError,
     OnnxFileNotFoundError,
     check_mtsim_metadata,
     session_info,
 )
+from mtsim.session import open_session
 from mtsim.structure import Structure, as_structure
 
 PER_STRUCTURE_OUTPUTS = tuple(name for name in OUTPUT_NAMES if OUTPUT_SHAPES[name][0] == "b")
@@ -139,45 +139,13 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
                  memory_budget: float | None = None):
-        import onnxruntime as ort
-
         self.path = Path(path)
         self.memory_budget = memory_budget
         self.device = resolve_device(device)
         self.neighbors = "cuda" if self.device == "cuda" and cuda_available() else "cpu"
-        options = ort.SessionOptions()
-        providers = ["CPUExecutionProvider"]
-        if self.device == "cuda":
-            # full float32 matrix products (no TF32); and no memory reuse between nodes: with it, onnxruntime 1.31's
-            # CUDA provider hands one small shape tensor's buffer to another and the graph fails or computes wrong
-            # shapes (found on an H100; fine on the CPU provider)
-            providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
-            options.enable_mem_reuse = False
-        else:
-            # onnxruntime's memory pattern is planned per input shape: the first two calls of each new shape (a
-            # rebuilt neighbour list in MD) ran 2-3x slower and from the second call on it held a second copy of
-            # every buffer (1,000 atoms: peak 2.98 GiB instead of 1.50). Nodes run in graph order, which the
-            # export's gather rematerialisation relies on (it halves the peak; same speed)
-            options.enable_mem_pattern = False
-            options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-        if memory_budget is not None:
-            # onnxruntime's CPU arena keeps its high-water mark across calls (batches of different sizes grew it
-            # to 1.5x the budget); without it every call returns its memory, at some speed cost
-            options.enable_cpu_mem_arena = False
-        options.log_severity_level = 3
-        if not self.path.is_file():
-            raise OnnxFileNotFoundError(f"model file not found: {self.path}")
-        if self.device == "cuda" and hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels of the cuda extra, where installed
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as err:  # onnxruntime raises its own exception types for corrupt files
-            raise CorruptOnnxError(f"{self.path} is not a readable ONNX model (corrupt or truncated): {err}") from None
-        if self.device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
-            raise RuntimeError("onnxruntime could not start its CUDA provider (are CUDA 13 and cuDNN 9 installed? "
-                               "pip install 'mtsim[cuda]'); load the model with device='cpu' to run on the CPU")
+        # a budget turns onnxruntime's CPU arena off: it keeps its high-water mark across calls (batches of
+        # different sizes grew it to 1.5x the budget); without it every call returns its memory, at some speed cost
+        self.session = open_session(self.path, self.device, threads, cpu_arena=memory_budget is None)
         info = check_mtsim_metadata(session_info(self.path, self.session))
         self.metadata = info.metadata
         self.cutoff = info.cutoff

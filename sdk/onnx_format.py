@@ -55,6 +55,7 @@ UNITS = {
 # metadata keys ---------------------------------------------------------------------------------------------
 KEY_FORMAT = "mtsim_format"
 KEY_VERSION = "mtsim_format_version"
+KEY_SESSION_OPTIONS = "onnxruntime_session_options"
 METADATA_KEYS = {
     KEY_FORMAT: f"always {FORMAT_NAME!r}",
     KEY_VERSION: "integer format version",
@@ -76,9 +77,29 @@ REQUIRED_KEYS = tuple(METADATA_KEYS)
 OPTIONAL_KEYS = {
     "untrained_outputs": "JSON list of outputs whose head was never trained: their values are not predictions "
                          "(absent: not recorded)",
+    KEY_SESSION_OPTIONS: "JSON: onnxruntime SessionOptions per device (cpu, cuda) the graph needs (absent: "
+                         "SESSION_OPTIONS)",
 }
 
-ONNX_TYPE_NAMES = {1: "float32", 7: "int64", 11: "float64", 6: "int32", 9: "bool", 10: "float16"}
+SESSION_OPTIONS = {"cpu": {"enable_mem_pattern": False, "execution_order": "PRIORITY_BASED"}}
+"""What onnxruntime must be told to run the exported graph well, per device (``cpu``, ``cuda``): ``SessionOptions``
+attributes, enums by name. The exporter writes it as JSON under ``KEY_SESSION_OPTIONS``; files without that key get
+it too (``mtsim.session.open_session``). On the CPU: nodes in graph order, which the export's gather
+rematerialisation relies on (half the peak memory), and no memory pattern (planned per input shape: the first two
+calls of each new shape ran 2-3x slower and later calls held a second copy of every buffer)."""
+
+DTYPES = (  # ONNX TensorProto data type, numpy name, onnxruntime type string
+    (1, "float32", "tensor(float)"), (11, "float64", "tensor(double)"), (10, "float16", "tensor(float16)"),
+    (16, "bfloat16", "tensor(bfloat16)"), (7, "int64", "tensor(int64)"), (6, "int32", "tensor(int32)"),
+    (9, "bool", "tensor(bool)"),
+)
+"""The element types mtsim names: one row per type."""
+DTYPE_NAMES = {proto: name for proto, name, _ in DTYPES}
+"""ONNX TensorProto data type -> numpy name."""
+ONNX_DTYPES = {name: proto for proto, name, _ in DTYPES}
+"""numpy name -> ONNX TensorProto data type."""
+ORT_DTYPE_NAMES = {ort: name for _, name, ort in DTYPES}
+"""onnxruntime type string (``NodeArg.type``) -> numpy name."""
 
 
 class ModelFileError(ValueError):
@@ -168,6 +189,76 @@ def read_onnx_file(path: str | os.PathLike, prefer: str = "onnx") -> OnnxModelIn
     return _read_with_onnx(path) if prefer == "onnx" else _read_with_onnxruntime(path)
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file, read from its top-level protobuf fields without parsing the graph
+    (needs neither onnx nor onnxruntime; reads a few hundred bytes). Raises ``OnnxFileNotFoundError`` or
+    ``CorruptOnnxError``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise OnnxFileNotFoundError(f"ONNX file not found: {path}")
+    size = os.path.getsize(path)
+    metadata = {}
+    with open(path, "rb") as file:
+        try:
+            while file.tell() < size:
+                field, wire = divmod(_varint(file), 8)
+                if wire == 0:
+                    _varint(file)
+                elif wire in (1, 5):
+                    file.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+                elif wire == 2:
+                    length = _varint(file)
+                    if file.tell() + length > size:
+                        raise ValueError("a field runs past the end of the file")
+                    if field == _METADATA_PROPS:
+                        entry = _string_fields(file.read(length))
+                        metadata[entry.get(1, "")] = entry.get(2, "")
+                    else:
+                        file.seek(length, os.SEEK_CUR)
+                else:
+                    raise ValueError(f"protobuf wire type {wire}")
+            if file.tell() != size:
+                raise ValueError("the last field runs past the end of the file")
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CorruptOnnxError(f"{path} is not a readable ONNX model (corrupt or truncated): {err}") from None
+    return metadata
+
+
+_METADATA_PROPS = 14
+"""Field number of ``ModelProto.metadata_props`` (entries: key = 1, value = 2)."""
+
+
+def _varint(stream) -> int:
+    value, shift = 0, 0
+    while True:
+        byte = stream.read(1)
+        if not byte:
+            raise ValueError("the file ends inside a number")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError("a number longer than 64 bits")
+
+
+def _string_fields(data: bytes) -> dict[int, str]:
+    """The length-delimited fields of a protobuf message as UTF-8 strings (a ``StringStringEntryProto``)."""
+    import io
+
+    stream, fields = io.BytesIO(data), {}
+    while stream.tell() < len(data):
+        field, wire = divmod(_varint(stream), 8)
+        if wire != 2:
+            raise ValueError(f"metadata entry field {field} has wire type {wire}")
+        length = _varint(stream)
+        value = stream.read(length)
+        if len(value) != length:
+            raise ValueError("a metadata entry runs past its end")
+        fields[field] = value.decode("utf-8")
+    return fields
+
+
 def _shape_of(value_info) -> tuple:
     dims = []
     for dim in value_info.type.tensor_type.shape.dim:
@@ -191,7 +282,7 @@ def _read_with_onnx(path: str) -> OnnxModelInfo:
     initializer_names = {init.name for init in graph.initializer}
 
     def io(values, skip=()):
-        return [(v.name, ONNX_TYPE_NAMES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
+        return [(v.name, DTYPE_NAMES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
                  _shape_of(v)) for v in values if v.name not in skip]
 
     op_counts: dict[str, int] = {}
@@ -242,10 +333,8 @@ def _read_with_onnxruntime(path: str) -> OnnxModelInfo:
 
 def session_info(path, session) -> OnnxModelInfo:
     """What an open onnxruntime session tells of its file (metadata, inputs, outputs)."""
-    types = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64"}
-
     def io(values):
-        return [(v.name, types.get(v.type, v.type), tuple(d if d is not None else "?" for d in v.shape))
+        return [(v.name, ORT_DTYPE_NAMES.get(v.type, v.type), tuple(d if d is not None else "?" for d in v.shape))
                 for v in values]
 
     return OnnxModelInfo(

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -35,7 +36,9 @@ from mtsim.converters.validate import (  # noqa: E402
 from mtsim.graph import build_graph  # noqa: E402
 from mtsim.onnx_format import (  # noqa: E402
     INPUT_NAMES,
+    KEY_SESSION_OPTIONS,
     OUTPUT_NAMES,
+    SESSION_OPTIONS,
     CorruptOnnxError,
     NotMtsimOnnxError,
     OnnxFileNotFoundError,
@@ -45,7 +48,7 @@ from mtsim.onnx_format import (  # noqa: E402
 )
 from mtsim.training import build_model, save_checkpoint  # noqa: E402
 from mtsim.training.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_checkpoint  # noqa: E402
-from mtsim.training.exporter import IR_VERSION, OPSET, ExportError, check_graph, export  # noqa: E402
+from mtsim.training.exporter import IR_VERSION, OPSET, PASSES, ExportError, check_graph, export  # noqa: E402
 
 SMALL = dict(num_blocks=1, dim=32, ffn_dim=32, num_heads=4, num_gaussians=16)
 PRECISIONS = ("float32", "float64")
@@ -120,10 +123,17 @@ def converted(workdir, checkpoints):
     results = {}
     for precision, extra in (("float64", []), ("float32", ["--no-validate"])):
         path = workdir / f"model.{precision}.onnx"
-        result = runner.invoke(main, ["convert", str(checkpoints[precision]), "-o", str(path),
-                                      "--precision", precision, *extra])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = runner.invoke(main, ["convert", str(checkpoints[precision]), "-o", str(path),
+                                          "--precision", precision, *extra])
         results[precision] = (path, result)
+        EXPORT_WARNINGS[precision] = [str(w.message) for w in caught]
     return results
+
+
+EXPORT_WARNINGS = {}
+"""precision -> the warnings `mtsim convert` raised in the ``converted`` fixture."""
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +200,18 @@ def test_graph_and_metadata(files, models):
         assert int(meta["parameter_count"]) == models[precision].num_parameters()
 
 
+def test_every_pass_rewrites_the_real_model(files):
+    """Each graph pass found something to rewrite in the 1M preset and the tiny model (the exporter warns about a
+    pass that finds nothing: the model's layout changed under it), and the files record the session options the
+    rewritten graph needs."""
+    assert set(EXPORT_WARNINGS) == set(PRECISIONS)
+    for precision, caught in EXPORT_WARNINGS.items():
+        idle = [message for message in caught if "found nothing to rewrite" in message]
+        assert not idle, f"{precision}: {idle}"
+        meta = check_onnx_file(files[precision]).metadata
+        assert json.loads(meta[KEY_SESSION_OPTIONS]) == SESSION_OPTIONS
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_graph_rewrites_are_exact(precision):
     """The rewrites for onnxruntime (no materialised expands, edge gathers repeated near their later uses,
@@ -205,6 +227,8 @@ def test_graph_rewrites_are_exact(precision):
         return sum(node.target == target for node in graph_module.graph.nodes)
 
     aten = torch.ops.aten
+    assert set(rewritten.meta["rewrites"]) == {p.name for p in PASSES}
+    assert all(n > 0 for n in rewritten.meta["rewrites"].values()), rewritten.meta["rewrites"]
     assert count(rewritten, aten.expand.default) < count(plain, aten.expand.default)
     assert count(rewritten, aten.index_select.default) > count(plain, aten.index_select.default)
     assert count(rewritten, aten.mm.default) > count(plain, aten.mm.default)
