@@ -141,8 +141,10 @@ class Model:
                  memory_budget: float | None = None):
         import onnxruntime as ort
 
+        from mtsim.checks import positive
+
         self.path = Path(path)
-        self.memory_budget = memory_budget
+        self.memory_budget = None if memory_budget is None else positive("memory_budget (bytes)", memory_budget)
         self.device = resolve_device(device)
         self.neighbors = "cuda" if self.device == "cuda" and cuda_available() else "cpu"
         options = ort.SessionOptions()
