@@ -345,6 +345,13 @@ def test_memory_budget_at_load_turns_the_cpu_arena_off(exported):
     assert not budgeted.session.get_session_options().enable_cpu_mem_arena
 
 
+@pytest.mark.parametrize("budget, message", [("abc", "must be a number"), (float("nan"), "must be finite"),
+                                             (-1, "must be > 0"), (0, "must be > 0")])
+def test_memory_budget_is_checked_at_load(exported, budget, message):
+    with pytest.raises(ValueError, match=f"memory_budget .* {message}"):
+        mtsim.load(exported[1], device="cpu", memory_budget=budget)
+
+
 def test_memory_budget_splits_batches_and_refuses_early(exported):
     model = mtsim.load(exported[1], device="cpu")
     items = structures()
