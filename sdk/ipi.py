@@ -63,8 +63,8 @@ from mtsim.structure import Structure, as_structure
 from mtsim.units import BOHR, HARTREE
 
 __all__ = [
-    "DEFAULT_ADDRESS", "DEFAULT_IDLE_TIMEOUT", "HEADER_LENGTH", "UNIX_PREFIX", "ConnectionLost", "Driver", "IPIError", "IPIPotential",
-    "ProtocolError", "Result", "ServerStopped", "extras", "parse_address", "serve", "unix_path",
+    "DEFAULT_ADDRESS", "DEFAULT_IDLE_TIMEOUT", "HEADER_LENGTH", "UNIX_PREFIX", "ConnectionLost", "Driver", "IPIError",
+    "IPIPotential", "ProtocolError", "Result", "ServerStopped", "extras", "parse_address", "serve", "unix_path",
 ]
 
 HEADER_LENGTH = 12

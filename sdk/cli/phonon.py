@@ -14,6 +14,7 @@ from mtsim.cli.common import load_model, model_options, read_structure
 from mtsim.phonon.cells import SUPERCELL_WIDTH, default_supercell
 from mtsim.phonon.nac import EPS_INF_METALLIC
 
+
 def common_options(function):
     """Options shared by ``phonon`` and ``qha``."""
     options = [
@@ -85,7 +86,6 @@ def phonon(structure, model_path, device, precision, supercell, allow_small_supe
     properties; writes POSCAR-unitcell, FORCE_CONSTANTS, BORN, band.yaml, phonon.json, band.png, dos.png."""
     from mtsim.phonon import Phonons, SupercellTooSmall
     from mtsim.phonon.cells import shortest_lattice_vector
-    from mtsim.phonon.phonons import imaginary_summary
     from mtsim.phonon.files import (
         write_band_yaml,
         write_born,
@@ -93,6 +93,7 @@ def phonon(structure, model_path, device, precision, supercell, allow_small_supe
         write_json,
         write_poscar,
     )
+    from mtsim.phonon.phonons import imaginary_summary
     from mtsim.phonon.plots import plot_bands, plot_dos
 
     model, unitcell = prepare(structure, model_path, device, precision, relax, pressure, fmax, nac, metallic,
