@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-THERMOSTATS = ("nvt-langevin", "nvt-nh", "npt")
-"""Ensembles with a thermostat: they need a target temperature above 0 K."""
+THERMOSTATS = ("nvt-nh", "npt")
+"""Ensembles whose Nosé–Hoover thermostat needs a target temperature above 0 K (its mass is N k T tau^2); Langevin
+at 0 K is plain friction (a quench) and allowed."""
 
 
 def number(name: str, value) -> float:
@@ -77,14 +78,14 @@ def parent_exists(name: str, path) -> None:
 
 def md_arguments(ensemble: str, timestep, steps, temperature, pressure=0.0, field=None) -> None:
     """The arguments of an MD run: ``timestep`` > 0 fs, ``steps`` >= 0, ``temperature`` >= 0 K and > 0 K for a
-    thermostat (``THERMOSTATS``), ``pressure`` finite (GPa), ``field`` finite (a vector; callables are not
+    Nosé–Hoover thermostat (``THERMOSTATS``), ``pressure`` finite (GPa), ``field`` finite (a vector; callables are not
     checked)."""
     positive("timestep", timestep)
     integer("steps", steps, 0)
     non_negative("temperature", temperature)
     if ensemble in THERMOSTATS and temperature <= 0:
         raise ValueError(f"temperature must be > 0 K for {ensemble} (its thermostat target), got {temperature:g}; "
-                         "use nve for a run from rest")
+                         "use nve or nvt-langevin at 0 K")
     number("pressure", pressure)
     if field is not None and not callable(field):
         finite("field", field)

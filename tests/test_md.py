@@ -388,7 +388,7 @@ def test_md_arguments_are_checked_before_the_model_loads(monkeypatch, tmp_path):
     assert result.exit_code == 2 and "--log" in result.output and "does not exist" in result.output
     atoms = crystal((1, 1, 1), symbols=["Na", "Cl"] * 2)
     for kwargs, name in (({"timestep": 0.0}, "timestep"), ({"steps": -1}, "steps"),
-                         ({"ensemble": "nvt-langevin", "temperature": 0.0}, "temperature"),
+                         ({"ensemble": "npt", "temperature": 0.0}, "temperature"),
                          ({"log": tmp_path / "missing" / "log.csv"}, "log")):
         with pytest.raises(ValueError, match=name):
             md.run(None, atoms, **kwargs)
