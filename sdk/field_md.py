@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mtsim import md
+from mtsim.checks import integer, md_arguments, non_negative, parent_exists, positive
 from mtsim.field import cosine
 from mtsim.md import Simulation, make_integrator
 from mtsim.trajectory import open_log, open_trajectory
@@ -86,6 +87,16 @@ def loop_metrics(field: np.ndarray, polarization: np.ndarray) -> tuple[float, fl
     return float(remanent), float(coercive)
 
 
+def hysteresis_arguments(field_max, period, cycles, temperature, timestep, ensemble, equilibration=0.0) -> None:
+    """The arguments of :func:`hysteresis`: ``field_max`` > 0 V/Å, ``period`` > 0 fs, ``cycles`` >= 1,
+    ``equilibration`` >= 0 fs and those of an MD run (see ``mtsim.checks.md_arguments``)."""
+    positive("field_max", field_max)
+    positive("period", period)
+    integer("cycles", cycles, 1)
+    non_negative("equilibration", equilibration)
+    md_arguments(ensemble, timestep, 0, temperature)
+
+
 def hysteresis(model, structure, field_max: float, period: float, cycles: int = 5, temperature: float = 300.0,
                axis: str = "z", timestep: float = 2.0, ensemble: str = "nvt-nh", seed=None,
                tdamp: float = 100.0, friction: float = 0.01, equilibration: float = 0.0, points: int | None = None,
@@ -99,8 +110,9 @@ def hysteresis(model, structure, field_max: float, period: float, cycles: int = 
     """
     if axis not in AXES:
         raise ValueError(f"axis must be one of {tuple(AXES)}, got {axis!r}")
-    if cycles < 1:
-        raise ValueError("cycles must be >= 1")
+    hysteresis_arguments(field_max, period, cycles, temperature, timestep, ensemble, equilibration)
+    parent_exists("log", log)
+    parent_exists("trajectory", trajectory)
     steps_per_cycle = int(round(period / timestep))
     if steps_per_cycle < 4:
         raise ValueError(f"period {period} fs is shorter than 4 time steps of {timestep} fs")

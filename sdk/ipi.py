@@ -40,7 +40,9 @@ supported (use ``unix`` or ``inet``).
 Errors: a message that is not one of the above, arrives out of order (GETFORCE without new positions, POSDATA
 before INIT or before the previous forces were fetched), has the wrong atom count, or stops arriving within
 ``timeout`` seconds raises ``ProtocolError``; a server that closes the connection without EXIT raises
-``ConnectionLost`` (or, with ``reconnect=True``, the driver connects again). EXIT ends ``Driver.serve`` normally.
+``ConnectionLost`` (or, with ``reconnect=True``, the driver connects again); a server that sends nothing for
+``idle_timeout`` seconds (default ``DEFAULT_IDLE_TIMEOUT``) raises ``ServerStopped``. EXIT ends ``Driver.serve``
+normally.
 
 >>> import mtsim, mtsim.ipi                                                       # doctest: +SKIP
 >>> mtsim.ipi.serve(mtsim.load("model.onnx"), "init.xyz", unix="mtsim")         # doctest: +SKIP
@@ -61,8 +63,8 @@ from mtsim.structure import Structure, as_structure
 from mtsim.units import BOHR, HARTREE
 
 __all__ = [
-    "DEFAULT_ADDRESS", "HEADER_LENGTH", "UNIX_PREFIX", "ConnectionLost", "Driver", "IPIError", "IPIPotential",
-    "ProtocolError", "Result", "extras", "parse_address", "serve", "unix_path",
+    "DEFAULT_ADDRESS", "DEFAULT_IDLE_TIMEOUT", "HEADER_LENGTH", "UNIX_PREFIX", "ConnectionLost", "Driver", "IPIError",
+    "IPIPotential", "ProtocolError", "Result", "ServerStopped", "extras", "parse_address", "serve", "unix_path",
 ]
 
 HEADER_LENGTH = 12
@@ -75,6 +77,9 @@ MAX_INIT_LENGTH = 1 << 20
 MAX_BATCH = 1 << 16
 FORCE_TO_AU = BOHR / HARTREE
 """eV/Å -> Hartree/bohr."""
+DEFAULT_IDLE_TIMEOUT = 600.0
+"""s. The longest wait for i-PI's next message by default: a server that stops answering (i-PI 3.3.1 does, after a
+driver was killed) ends the driver instead of leaving it waiting forever."""
 
 SERVER_MESSAGES = ("STATUS", "INIT", "POSDATA", "GETFORCE", "EXIT")
 
@@ -93,6 +98,10 @@ class ProtocolError(IPIError):
 
 class ConnectionLost(IPIError):
     """The server closed the connection (or could not be reached) without sending EXIT."""
+
+
+class ServerStopped(ProtocolError):
+    """The server sent nothing for ``idle_timeout`` seconds."""
 
 
 # ================================================================================================ physics
@@ -135,6 +144,14 @@ class IPIPotential:
 
             structure = ase.io.read(structure)
         template = as_structure(structure)
+        supported = getattr(model, "elements", None)
+        if supported is not None:
+            missing = sorted(set(template.numbers.tolist()) - {int(z) for z in supported})
+            if missing:
+                from ase.data import chemical_symbols
+
+                raise ValueError(f"the model does not support element(s) "
+                                 f"{', '.join(chemical_symbols[z] for z in missing)} of the structure")
         self.model = model
         self.numbers = template.numbers
         self.pbc = template.pbc
@@ -212,27 +229,32 @@ class Driver:
 
     - ``timeout`` (s): once a message has started, its rest must arrive (and our answers must be sent) within this
       time, else ``ProtocolError``;
-    - ``idle_timeout`` (s or None = forever): the longest wait for the next message;
+    - ``idle_timeout`` (s; 0 or None = forever; default ``DEFAULT_IDLE_TIMEOUT``): the longest wait for the next
+      message, after which the driver stops with an ``IPIError`` saying that the server stopped answering;
     - ``connect_timeout`` (s): how long to keep trying to connect (i-PI opens its socket only after it started);
     - ``reconnect``: when the server closes the connection without EXIT, connect again (for up to
       ``connect_timeout``) and carry on instead of raising ``ConnectionLost``;
     - ``log``: a callable taking one line, or None for silence.
 
-    ``serve()`` returns the number of structures evaluated when the server sends EXIT.
+    ``serve()`` returns the number of structures evaluated when the server sends EXIT. The structure's elements are
+    checked against the model's (``ValueError``) before connecting.
     """
 
     def __init__(self, model, structure, address: str | tuple | None = None, unix: str | None = None, *,
-                 timeout: float = 60.0, idle_timeout: float | None = None, connect_timeout: float = 60.0,
+                 timeout: float = 60.0, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+                 connect_timeout: float = 60.0,
                  reconnect: bool = False, log: Callable[[str], None] | None = None):
         if address is not None and unix is not None:
             raise ValueError("give either address (HOST:PORT) or unix (a socket name), not both")
         self.potential = model if isinstance(model, IPIPotential) else IPIPotential(model, structure)
         self.unix = None if unix is None else unix_path(unix)
         self.address = None if self.unix else parse_address(address or DEFAULT_ADDRESS)
-        if timeout is None or timeout <= 0:
+        if timeout is None or not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
         self.timeout = float(timeout)
-        self.idle_timeout = None if idle_timeout is None else float(idle_timeout)
+        if idle_timeout is not None and not idle_timeout >= 0:
+            raise ValueError(f"idle_timeout must be >= 0 s (0: wait forever), got {idle_timeout}")
+        self.idle_timeout = float(idle_timeout) if idle_timeout else None
         self.connect_timeout = float(connect_timeout)
         self.reconnect = bool(reconnect)
         self.log = log or (lambda line: None)
@@ -414,8 +436,9 @@ class _Stream:
         try:
             first = self.sock.recv(1)
         except socket.timeout:
-            raise ProtocolError(f"no message from the server within idle_timeout = {self.idle_timeout:g} s"
-                                ) from None
+            raise ServerStopped(f"no message from the server within idle_timeout = {self.idle_timeout:g} s: it has "
+                                "stopped or hangs (i-PI 3.3.1 stops serving after a driver was killed: restart "
+                                "i-PI, see the README); idle_timeout 0 waits forever") from None
         except (ConnectionResetError, ConnectionAbortedError) as err:
             raise ConnectionLost(f"the server reset the connection ({err})") from None
         if not first:

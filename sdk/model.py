@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtsim.checks import positive
 from mtsim.graph import build_graph, merge_graphs, slot_count
 from mtsim.kernels import cuda_available
 from mtsim.onnx_format import (
@@ -140,7 +141,7 @@ class Model:
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
                  memory_budget: float | None = None):
         self.path = Path(path)
-        self.memory_budget = memory_budget
+        self.memory_budget = None if memory_budget is None else positive("memory_budget (bytes)", memory_budget)
         self.device = resolve_device(device)
         self.neighbors = "cuda" if self.device == "cuda" and cuda_available() else "cpu"
         # a budget turns onnxruntime's CPU arena off: it keeps its high-water mark across calls (batches of

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mtsim.checks import integer, number, positive
 from mtsim.md.state import MDState
 from mtsim.potential import DEFAULT_SKIN, ModelPotential
 from mtsim.structure import Structure
@@ -77,6 +78,13 @@ class FIRE:
         return dr
 
 
+def relax_arguments(fmax, pressure=0.0, max_steps=500) -> None:
+    """``fmax`` > 0 eV/Å, ``pressure`` finite (GPa), ``max_steps`` an integer >= 0."""
+    positive("fmax", fmax)
+    number("pressure", pressure)
+    integer("max_steps", max_steps, 0)
+
+
 def relax(model, structure, fmax: float = 0.01, cell: bool = False, pressure: float = 0.0, max_steps: int = 500,
           *, stress_tol: float | None = None, maxstep: float = 0.2, skin: float = DEFAULT_SKIN,
           callback=None) -> RelaxResult:
@@ -86,6 +94,10 @@ def relax(model, structure, fmax: float = 0.01, cell: bool = False, pressure: fl
     the FIRE steps; ``stress_tol`` GPa (cell only, see the module docstring); ``maxstep`` Å; ``callback(step,
     record)`` is called after every evaluation (progress bars). Returns a :class:`RelaxResult`.
     """
+    relax_arguments(fmax, pressure, max_steps)
+    if stress_tol is not None:
+        positive("stress_tol", stress_tol)
+    positive("maxstep", maxstep)
     state = MDState.from_structure(structure)
     if cell and not state.pbc.all():
         raise ValueError("cell relaxation needs a structure periodic in all three directions")

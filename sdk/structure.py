@@ -114,3 +114,33 @@ def _as_float_array(value, name: str) -> np.ndarray:
     if array.dtype.kind not in "iuf":
         raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}")
     return array.astype(np.float64)
+
+
+class StructureFileError(ValueError):
+    """A structure file that cannot be read: ``path``, ``frame`` (0-based index of the first frame that failed),
+    ``line`` (1-based line where that frame starts, for xyz/extxyz files; else None) and ``reason``."""
+
+    def __init__(self, path, frame: int, line: int | None, reason: str):
+        self.path, self.frame, self.line, self.reason = str(path), frame, line, reason
+        where = f"frame {frame}" + (f" (starting at line {line})" if line is not None else "")
+        super().__init__(f"cannot read {path}: {where}: {reason}")
+
+
+XYZ_SUFFIXES = (".xyz", ".extxyz")
+
+
+def iread_frames(path):
+    """Each frame of ``path`` (any format ASE reads) as ``ase.Atoms``, in order; a frame that cannot be read raises
+    ``StructureFileError`` naming it, after the frames before it were yielded."""
+    import ase.io
+
+    frame, line = 0, 1
+    counts_lines = str(path).lower().endswith(XYZ_SUFFIXES)
+    try:
+        for atoms in ase.io.iread(path, index=":"):
+            yield atoms
+            frame += 1
+            line += len(atoms) + 2
+    except Exception as err:  # noqa: BLE001 - ASE raises many types for unreadable files
+        raise StructureFileError(path, frame, line if counts_lines else None, f"{type(err).__name__}: {err}"
+                                 ) from None

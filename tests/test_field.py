@@ -235,3 +235,25 @@ def test_cli_hysteresis(monkeypatch, tmp_path):
     assert fields.max() == pytest.approx(4.0) and fields.min() == pytest.approx(-4.0)
     assert (out / "pe_loop.png").stat().st_size > 1000
     assert (out / "md_log.csv").is_file()
+
+
+def test_hysteresis_arguments_are_checked_first(monkeypatch, tmp_path):
+    """--field-max 0 (P_r = nan before), a zero period, no cycles: a usage error naming the argument before the model
+    loads; the API raises before touching the model."""
+    from mtsim.cli import main
+    from mtsim.cli import md as cli_md
+
+    def never(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli_md, "load_model", never)
+    structure = tmp_path / "bto.extxyz"
+    ionic((1, 1, 1)).write(structure)
+    for args, name in ((["--field-max", "0", "--period", "1"], "field_max"),
+                       (["--field-max", "4", "--period", "0"], "period"),
+                       (["--field-max", "4", "--period", "1", "--cycles", "0"], "cycles"),
+                       (["--field-max", "4", "--period", "1", "--temperature", "0"], "temperature")):
+        result = CliRunner().invoke(main, ["hysteresis", str(structure), *args, "--output", str(tmp_path / "o")])
+        assert result.exit_code == 2 and name in result.output, (args, result.output)
+    with pytest.raises(ValueError, match="field_max"):
+        field_md.hysteresis(None, ionic((1, 1, 1)), field_max=0.0, period=100.0)

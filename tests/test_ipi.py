@@ -397,6 +397,25 @@ def test_idle_timeout(tmp_path):
               idle_timeout=0.5)
 
 
+def test_idle_timeout_by_default_and_elements_checked_before_connecting(tmp_path, cli):
+    """The driver no longer waits forever by default (600 s; 0 = forever); a server that stops answering ends it
+    with a message saying so; an element the model lacks stops it before any connection is tried."""
+    from click.testing import CliRunner
+
+    assert Driver(PairModel(), nacl()).idle_timeout == ipi.DEFAULT_IDLE_TIMEOUT == 600.0
+    assert Driver(PairModel(), nacl(), idle_timeout=0).idle_timeout is None
+    malformed(tmp_path, lambda conn, atoms: init(conn), "it has stopped or hangs", idle_timeout=0.5)
+    sodium_only = PairModel()
+    sodium_only.elements = (11,)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="does not support element.*Cl"):
+        Driver(sodium_only, nacl(), unix=str(tmp_path / "nothing"), connect_timeout=30).serve()
+    assert time.monotonic() - start < 3  # no connection attempt
+    ase.io.write(tmp_path / "init.extxyz", nacl())
+    result = CliRunner().invoke(cli, ["ipi", str(tmp_path / "init.extxyz"), "--idle-timeout", "-1"])
+    assert result.exit_code == 2 and "--idle-timeout" in result.output
+
+
 def test_model_error_is_reported(tmp_path):
     atoms = nacl()
 

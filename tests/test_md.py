@@ -354,3 +354,41 @@ def test_cli_md_delithiation_and_errors(cli, tmp_path):
                              ["md", str(structure), "--ensemble", "npt", "--timestep", "1", "--steps", "2",
                               "--field", "0", "0", "1", "--log", str(tmp_path / "x.csv")])
     assert bad.exit_code != 0 and "not supported" in bad.output
+
+
+def test_md_arguments_are_checked_before_the_model_loads(monkeypatch, tmp_path):
+    """Time step <= 0, negative steps or temperature, a thermostat at 0 K, a non-finite pressure or field, a log in
+    a missing folder: a usage error naming the argument, and the model is never loaded; md.run raises before it
+    touches the model."""
+    from mtsim.cli import main
+    from mtsim.cli import md as cli_md
+
+    def never(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli_md, "load_model", never)
+    structure = tmp_path / "in.extxyz"
+    crystal((1, 1, 1), symbols=["Na", "Cl"] * 2).write(structure)
+    base = ["md", str(structure), "--log", str(tmp_path / "log.csv")]
+    cases = [(["--ensemble", "nve", "--timestep", "0", "--steps", "5"], "timestep"),
+             (["--ensemble", "nve", "--timestep", "-1", "--steps", "5"], "timestep"),
+             (["--ensemble", "nve", "--timestep", "1", "--steps", "-5"], "steps"),
+             (["--ensemble", "nve", "--timestep", "1", "--steps", "5", "--temperature", "-10"], "temperature"),
+             (["--ensemble", "nvt-nh", "--timestep", "1", "--steps", "5", "--temperature", "0"], "temperature"),
+             (["--ensemble", "npt", "--timestep", "1", "--steps", "5", "--pressure", "nan"], "pressure"),
+             (["--ensemble", "nve", "--timestep", "1", "--steps", "5", "--field", "nan", "0", "0"], "field"),
+             (["--ensemble", "nve", "--timestep", "1", "--steps", "5", "--interval", "0"], "--interval"),
+             (["--ensemble", "nve", "--timestep", "1", "--steps", "5", "--trajectory",
+               str(tmp_path / "missing" / "t.extxyz")], "--trajectory")]
+    for args, name in cases:
+        result = CliRunner().invoke(main, [*base, *args])
+        assert result.exit_code == 2 and name in result.output, (args, result.output)
+    result = CliRunner().invoke(main, ["md", str(structure), "--ensemble", "nve", "--timestep", "1", "--steps", "5",
+                                       "--log", str(tmp_path / "missing" / "log.csv")])
+    assert result.exit_code == 2 and "--log" in result.output and "does not exist" in result.output
+    atoms = crystal((1, 1, 1), symbols=["Na", "Cl"] * 2)
+    for kwargs, name in (({"timestep": 0.0}, "timestep"), ({"steps": -1}, "steps"),
+                         ({"ensemble": "npt", "temperature": 0.0}, "temperature"),
+                         ({"log": tmp_path / "missing" / "log.csv"}, "log")):
+        with pytest.raises(ValueError, match=name):
+            md.run(None, atoms, **kwargs)

@@ -174,7 +174,7 @@ def test_displacements_and_force_constants_match_phonopy(make, size):
     model = PairModel(charges={50: 2.0, 8: -1.0, 56: 2.0, 22: 4.0}, r0=2.3)
     unitcell = as_structure(make())
     ours = Phonons(unitcell, size)
-    ours.calculate_force_constants(model)
+    ours.calculate_force_constants(model, allow_small_supercell=True)  # small, to compare with phonopy quickly
     ph, _ = phonopy_for(unitcell, size, ours.masses)
     ph.generate_displacements(distance=0.01)
     expected = np.array([[d[0] // Supercell(unitcell, size).n_cells, *d[1:]] for d in ph.displacements])
@@ -214,7 +214,7 @@ def test_translational_sum_rule_three_zero_acoustic_modes():
     model = PairModel(charges={11: 1.0, 17: -1.0}, r0=2.9)
     for unitcell, size in ((bulk("NaCl", "rocksalt", a=5.6), (2, 2, 2)), (sno2(), (2, 2, 2)), (batio3(), (2, 2, 2))):
         ph = Phonons(unitcell, size)
-        ph.calculate_force_constants(model)
+        ph.calculate_force_constants(model, allow_small_supercell=True)
         np.testing.assert_allclose(ph.force_constants.sum(axis=1), 0.0, atol=1e-12)
         acoustic = np.sort(np.abs(ph.frequencies([0, 0, 0])[0]))[:4]  # optical modes may be imaginary here
         assert acoustic[2] < TOLERANCE_THZ < acoustic[3]
@@ -307,6 +307,57 @@ def test_qha_recovers_the_minimum_of_a_synthetic_free_energy():
     assert static.b0_gpa == pytest.approx(b0 / GPA, rel=1e-6)
 
 
+# ============================================================================== guards: supercell size and NAC
+@pytest.fixture(scope="module")
+def bundled():
+    import mtsim
+
+    return mtsim.load()
+
+
+def test_supercell_smaller_than_the_cutoff_sphere_is_refused(bundled):
+    """Si with the bundled model (cutoff 5 Å): 1x1x1 (shortest vector 3.84 Å) is refused; with the override its
+    six-fold degenerate X point is an artefact of the images that 4x4x4 (shortest vector 15.4 Å > 2 x cutoff)
+    resolves into several distinct frequencies."""
+    from mtsim.phonon import SupercellTooSmall, check_supercell, default_supercell
+
+    si = bulk("Si")
+    x_point = [0.5, 0.0, 0.5]
+    with pytest.raises(SupercellTooSmall, match="2 x cutoff"):
+        Phonons(si, (1, 1, 1)).calculate_force_constants(bundled)
+    small = Phonons(si, (1, 1, 1))
+    small.calculate_force_constants(bundled, allow_small_supercell=True)
+    assert default_supercell(si.cell, bundled.cutoff) == (4, 4, 4)
+    large = Phonons(si, (4, 4, 4))
+    large.calculate_force_constants(bundled)
+    assert check_supercell(large.supercell, bundled.cutoff) > 2 * bundled.cutoff
+    f_small = small.frequencies([x_point])[0]
+    f_large = large.frequencies([x_point])[0]
+    assert np.ptp(f_small) < 1e-6  # every mode the same: the images wipe out the dispersion
+    assert np.ptp(f_large) > 1.0
+    assert np.abs(f_small - f_large).max() > 1.0
+
+
+def test_nac_decided_from_the_physics(bundled):
+    """NiAl (two metals): no NAC and the reason says so; NaCl (Cl is a nonmetal): NAC and an LO-TO splitting; the
+    user's `metallic` and an eps_inf above the bound switch it off; nac=True contradicts metallic=True."""
+    from mtsim.phonon import EPS_INF_METALLIC, choose_nac
+
+    nial = Phonons.from_model(bundled, bulk("NiAl", "cesiumchloride", a=2.88), (4, 4, 4))
+    assert not nial.nac_choice.applied and "only metals" in nial.nac_choice.reason
+    assert nial.nac is None and nial.gamma_report()["lo_to_splitting"] == 0.0
+    assert np.abs(nial.born).max() > 1.0  # the model does predict Z* for NiAl: only the rule keeps them out
+    nacl = Phonons.from_model(bundled, bulk("NaCl", "rocksalt", a=5.64), (3, 3, 3))
+    assert nacl.nac_choice.applied and "insulator" in nacl.nac_choice.reason
+    assert nacl.gamma_report([1, 0, 0])["lo_to_splitting"] > 0.5
+    numbers = [11, 17]
+    assert not choose_nac(numbers, np.eye(3) * 2.4, metallic=True).applied
+    assert not choose_nac(numbers, np.eye(3) * (EPS_INF_METALLIC + 1)).applied
+    assert choose_nac(numbers, np.eye(3) * 2.4, nac=True).applied
+    with pytest.raises(ValueError, match="contradicts"):
+        choose_nac(numbers, np.eye(3) * 2.4, nac=True, metallic=True)
+
+
 # ============================================================================== CLI
 @pytest.fixture
 def cli(monkeypatch):
@@ -324,10 +375,12 @@ def test_cli_phonon_writes_phonopy_readable_files(cli, tmp_path):
     poscar = tmp_path / "NaCl.vasp"
     bulk("NaCl", "rocksalt", a=5.69).write(poscar, format="vasp")
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli.phonon, [str(poscar), "--no-relax", "--supercell", "2", "2", "2", "--mesh", "6",
+    result = CliRunner().invoke(cli.phonon, [str(poscar), "--no-relax", "--supercell", "2", "2", "2",
+                                             "--allow-small-supercell", "--mesh", "6",
                                              "6", "6", "--npoints", "9", "--tmax", "300", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "LO-TO splitting" in result.output
+    assert "NAC applied: insulator" in result.output
     for name in ("POSCAR-unitcell", "FORCE_CONSTANTS", "BORN", "band.yaml", "phonon.json", "band.png", "dos.png"):
         assert (out / name).is_file(), name
     for name in ("band.png", "dos.png"):
@@ -348,6 +401,8 @@ def test_cli_phonon_writes_phonopy_readable_files(cli, tmp_path):
 
     report = json.loads((out / "phonon.json").read_text())
     assert report["supercell_matrix"] == np.diag([2, 2, 2]).tolist()
+    assert report["nac"]["applied"] and report["nac"]["reason"].startswith("insulator")
+    assert report["supercell_check"]["contains_cutoff_sphere"] is False
     gamma = report["gamma"]
     for key in ("q_direction", "frequencies", "frequencies_nac", "lo_to_shifts", "lo_to_splitting",
                 "imaginary_modes"):
@@ -370,7 +425,8 @@ def test_cli_qha(cli, tmp_path):
     poscar = tmp_path / "NaCl.vasp"
     bulk("NaCl", "rocksalt", a=5.69).write(poscar, format="vasp")
     out = tmp_path / "qha"
-    result = CliRunner().invoke(cli.qha, [str(poscar), "--supercell", "2", "2", "2", "--mesh", "4", "4", "4",
+    result = CliRunner().invoke(cli.qha, [str(poscar), "--supercell", "2", "2", "2", "--allow-small-supercell",
+                                          "--mesh", "4", "4", "4",
                                           "--volumes", "5", "--tmax", "300", "--tstep", "50", "--pressure", "0",
                                           "--pressure", "1", "--no-nac", "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -380,3 +436,23 @@ def test_cli_qha(cli, tmp_path):
     assert one["volume_A3"][0] < zero["volume_A3"][0]
     assert zero["volume_A3"][-1] > zero["volume_A3"][0]  # thermal expansion of the Morse crystal
     assert (out / "e-v.dat").is_file() and (out / "qha.png").is_file()
+
+
+def test_cli_phonon_refuses_a_small_supercell_and_skips_nac_for_a_metal(cli, tmp_path):
+    """Without --allow-small-supercell a supercell below 2 x cutoff stops before anything is written; NiAl gets no
+    NAC, and the text output and phonon.json say why."""
+    poscar = tmp_path / "NiAl.vasp"
+    bulk("NiAl", "cesiumchloride", a=2.88).write(poscar, format="vasp")
+    out = tmp_path / "out"
+    small = CliRunner().invoke(cli.phonon, [str(poscar), "--no-relax", "--supercell", "2", "2", "2", "-o", str(out)])
+    assert small.exit_code == 2 and "2 x cutoff" in small.output and not out.exists()
+    result = CliRunner().invoke(cli.phonon, [str(poscar), "--no-relax", "--mesh", "4", "4", "4", "--npoints", "5",
+                                             "--tmax", "100", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "supercell 4x4x4" in result.output
+    assert "NAC not applied: metallic: AlNi holds only metals" in result.output
+    report = json.loads((out / "phonon.json").read_text())
+    assert report["nac"]["applied"] is False and "only metals" in report["nac"]["reason"]
+    assert report["supercell_check"]["contains_cutoff_sphere"] is True
+    both = CliRunner().invoke(cli.phonon, [str(poscar), "--nac", "--metallic", "-o", str(out)])
+    assert both.exit_code == 2 and "contradicts" in both.output

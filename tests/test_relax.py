@@ -128,5 +128,30 @@ def test_cli_relax(monkeypatch, tmp_path):
     assert "born_charges" in relaxed.arrays
     monkeypatch.chdir(tmp_path)
     default = CliRunner().invoke(main, ["relax", str(structure), "--max-steps", "3"], catch_exceptions=False)
-    assert default.exit_code == 0 and "NOT converged after 3 steps" in default.output
+    # not converged: exit 1 after writing (exit 0 before), the file marked converged=False
+    assert default.exit_code == 1 and "NOT converged after 3 steps" in default.output
     assert (tmp_path / "start_relaxed.extxyz").is_file()
+    assert "did not converge" in default.output and "after 3 steps (--max-steps 3)" in default.output
+    marked = ase.io.read(tmp_path / "start_relaxed.extxyz")
+    assert marked.info["converged"] is False and marked.info["steps"] == 3 and marked.info["fmax_reached"] > 0.01
+    assert ase.io.read(out).info["converged"] is True
+
+
+def test_relax_arguments_are_checked_first(monkeypatch, tmp_path):
+    """Bad fmax, max_steps or pressure, or an output in a missing folder: a usage error naming the argument, before
+    the model loads (the API raises before touching the model)."""
+    from mtsim.cli import main
+    from mtsim.cli import md as cli_md
+
+    def never(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli_md, "load_model", never)
+    structure = tmp_path / "start.cif"
+    ase.io.write(structure, bulk("Cu", "fcc", a=3.6))
+    for args, name in ((["--fmax", "0"], "fmax"), (["--fmax", "nan"], "fmax"), (["--max-steps", "-1"], "max_steps"),
+                       (["--pressure", "inf"], "pressure"), (["-o", str(tmp_path / "no" / "x.extxyz")], "--output")):
+        result = CliRunner().invoke(main, ["relax", str(structure), *args])
+        assert result.exit_code == 2 and name in result.output, (args, result.output)
+    with pytest.raises(ValueError, match="fmax"):
+        relax(None, bulk("Cu"), fmax=-0.1)

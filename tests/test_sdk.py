@@ -312,12 +312,44 @@ def test_cli_predict(exported, tmp_path):
     assert result.exit_code != 0 and "cannot read" in result.output
 
 
+def test_cli_predict_writes_every_good_structure_and_names_each_bad_one(exported, tmp_path):
+    """One frame with overlapping atoms among good ones, and a file truncated in its third frame: the good frames
+    (two of the first file, two of the truncated one) are written, each bad one is named with file, frame (and line)
+    and reason, and the exit status is 1."""
+    model, path = exported
+    good = structures()[:2]
+    overlap = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.01]])
+    ase.io.write(tmp_path / "mixed.extxyz", [good[0], overlap, good[1]], format="extxyz")
+    ase.io.write(tmp_path / "whole.extxyz", [good[1], good[0], good[1]], format="extxyz")
+    lines = (tmp_path / "whole.extxyz").read_text().splitlines()
+    (tmp_path / "cut.extxyz").write_text("\n".join(lines[:-2]) + "\n")
+    third = len(good[1]) + len(good[0]) + 4 + 1  # the line where the third frame starts
+    out = tmp_path / "out.extxyz"
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "mixed.extxyz"), str(tmp_path / "cut.extxyz"),
+                                      "--model", str(path), "--device", "cpu", "-o", str(out), "--include-untrained"])
+    assert result.exit_code == 1, result.output
+    assert f"failed: {tmp_path / 'mixed.extxyz'}[1]: " in result.output and "0.1" in result.output
+    assert f"failed: {tmp_path / 'cut.extxyz'}[2]: cannot read {tmp_path / 'cut.extxyz'}: frame 2 (starting at " \
+           f"line {third})" in result.output
+    assert "2 structure(s) failed" in result.output and "4 succeeded" in result.output
+    back = ase.io.read(out, index=":")
+    assert [len(a) for a in back] == [len(good[0]), len(good[1]), len(good[1]), len(good[0])]
+    np.testing.assert_allclose(back[1].get_forces(), model.predict(good[1])["forces"], atol=1e-5)
+
+
 def test_memory_budget_at_load_turns_the_cpu_arena_off(exported):
     """A budget given at load is kept call by call: no onnxruntime arena holding its high-water mark."""
     assert mtsim.load(exported[1], device="cpu").session.get_session_options().enable_cpu_mem_arena
     budgeted = mtsim.load(exported[1], device="cpu", memory_budget=2**30)
     assert budgeted.memory_budget == 2**30
     assert not budgeted.session.get_session_options().enable_cpu_mem_arena
+
+
+@pytest.mark.parametrize("budget, message", [("abc", "must be a number"), (float("nan"), "must be finite"),
+                                             (-1, "must be > 0"), (0, "must be > 0")])
+def test_memory_budget_is_checked_at_load(exported, budget, message):
+    with pytest.raises(ValueError, match=f"memory_budget .* {message}"):
+        mtsim.load(exported[1], device="cpu", memory_budget=budget)
 
 
 def test_memory_budget_splits_batches_and_refuses_early(exported):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-pytest.importorskip("distributed", reason="mtsim.workflows needs the distributed extra (pip install 'mtsim[distributed]')")
+pytest.importorskip("distributed", reason="mtsim.workflows needs the extra: pip install 'mtsim[distributed]'")
 
 import ase.db  # noqa: E402
 
@@ -138,7 +138,7 @@ def test_relax_and_phonon_match_the_serial_sdk(client, model, tmp_path):
         np.testing.assert_array_equal(row.data["forces"], reference.prediction.forces)
         assert row.converged == reference.converged and row.steps == reference.steps
 
-    options = {"supercell": [2, 2, 2], "mesh": [4, 4, 4], "npoints": 5, "relax": False}
+    options = {"supercell": [2, 2, 2], "mesh": [4, 4, 4], "npoints": 5, "relax": False, "allow_small_supercell": True}
     summary = workflows.run("phonon", structures[:1], str(db), client=client, options=options, progress=False)
     assert summary.done == 1
     row = next(iter(rows_by_key(str(db), task="phonon").values()))
@@ -147,6 +147,7 @@ def test_relax_and_phonon_match_the_serial_sdk(client, model, tmp_path):
         np.testing.assert_array_equal(row.data[name], value, err_msg=name)
     # NaCl: the polar LO mode is pushed up at Gamma by the model's own Z* and eps_inf
     assert row.lo_to_splitting == reference.summary["lo_to_splitting"] > 0.5
+    assert row.nac and row.nac_reason.startswith("insulator")
     files = Path(row.files)
     assert files.parent == tmp_path / "r_files"
     assert {p.name for p in files.iterdir()} == {"band.yaml", "total_dos.dat", "BORN"}
@@ -172,7 +173,7 @@ def test_schema_is_documented_and_rows_follow_it(client, model, tmp_path):
             assert keys == set(workflows.COLUMNS) | {"error"}
         else:
             assert keys == set(workflows.COLUMNS) | summary_keys
-            assert set(row.data) == set(mtsim.model.PROPERTIES)
+            assert set(row.data) == set(mtsim.model.OUTPUT_NAMES)
         assert row.model_sha256 == model_sha256 and row.model == model.metadata["model_name"]
         assert row.mtsim_version == mtsim.__version__
 

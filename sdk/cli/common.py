@@ -28,16 +28,26 @@ def load_model(model, device, precision=None):
 
 
 def read_frames(path) -> list:
-    """Every frame of any file ASE can read, as ``ase.Atoms``."""
-    import ase.io
+    """Every frame of any file ASE can read, as ``ase.Atoms``; a broken file stops with its frame and line."""
+    from mtsim.structure import StructureFileError, iread_frames
 
     try:
-        frames = ase.io.read(path, index=":")
-    except Exception as err:  # ASE raises many types for unreadable files
-        raise click.ClickException(f"cannot read {path}: {err}") from None
+        frames = list(iread_frames(path))
+    except StructureFileError as err:
+        raise click.ClickException(str(err)) from None
     if not frames:
-        raise click.ClickException(f"{path} holds no structures")
+        raise click.ClickException(f"cannot read {path}: it holds no structures")
     return frames
+
+
+def check_arguments(*checks) -> None:
+    """Run ``(function, name, value, ...)`` checks of ``mtsim.checks`` (or any callable raising ``ValueError``)
+    before anything loads; the first failure is a usage error (exit 2) naming the option."""
+    try:
+        for function, *arguments in checks:
+            function(*arguments)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
 
 
 def read_structure(path):

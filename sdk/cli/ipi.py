@@ -16,10 +16,11 @@ from mtsim.cli.common import load_model, model_options, read_structure
               help="i-PI's unix socket <address> NAME, i.e. /tmp/ipi_NAME (a NAME with '/' is a full path).")
 @click.option("--reconnect", is_flag=True,
               help="If i-PI closes the connection without EXIT, connect again (within --connect-timeout).")
-@click.option("--timeout", type=float, default=60.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="s: a started message must be complete (and answers sent) within this time.")
-@click.option("--idle-timeout", type=float, default=None, help="s: longest wait for the next message (default: none).")
-@click.option("--connect-timeout", type=float, default=60.0, show_default=True,
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=600.0, show_default=True,
+              help="s: longest wait for i-PI's next message, then stop (0: wait forever).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="s: how long to keep trying to reach i-PI.")
 @click.option("--quiet", is_flag=True, help="No connection messages on stderr.")
 def ipi(structure, model_path, device, precision, address, unix, reconnect, timeout, idle_timeout, connect_timeout,
@@ -40,6 +41,9 @@ def ipi(structure, model_path, device, precision, address, unix, reconnect, time
     try:
         driver = Driver(model, atoms, address=address, unix=unix, timeout=timeout, idle_timeout=idle_timeout,
                         connect_timeout=connect_timeout, reconnect=reconnect, log=log)
+    except ValueError as err:  # before connecting: elements, address
+        raise click.UsageError(str(err)) from None
+    try:
         count = driver.serve()
     except (IPIError, ValueError) as err:
         raise click.ClickException(str(err)) from None

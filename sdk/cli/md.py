@@ -10,18 +10,21 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mtsim.cli.common import load_model, model_options, read_structure
+from mtsim.checks import integer, md_arguments, parent_exists, positive
+from mtsim.cli.common import check_arguments, load_model, model_options, read_structure
 from mtsim.progress import progress
 from mtsim.units import GPA, MV_PER_CM
 
 FS_PER_PS = 1000.0
 
 
-def write_structure(path, structure, prediction=None) -> None:
-    """Write a structure; extxyz files (``.xyz``/``.extxyz``) also get every output of ``prediction``."""
+def write_structure(path, structure, prediction=None, info=None) -> None:
+    """Write a structure; extxyz files (``.xyz``/``.extxyz``) also get every output of ``prediction`` and the
+    entries of ``info`` in their info line."""
     import ase.io
 
     atoms = structure.to_atoms()
+    atoms.info.update(info or {})
     if prediction is not None and str(path).endswith((".xyz", ".extxyz")):
         n = len(atoms)
         atoms.info.update(energy=prediction.energy, stress=np.asarray(prediction.stress).reshape(9),
@@ -67,6 +70,12 @@ def md(structure, model_path, device, precision, ensemble, temperature, pressure
     """Molecular dynamics of STRUCTURE (any ASE format; the last frame)."""
     from mtsim.md import MDError, RemoveAtoms, Simulation, make_integrator
 
+    check_arguments((md_arguments, ensemble, timestep, steps, temperature, pressure, field),
+                    (integer, "--interval", interval, 1), (positive, "--tdamp", tdamp), (positive, "--pdamp", pdamp),
+                    (positive, "--friction", friction), (parent_exists, "--log", log_path),
+                    (parent_exists, "--trajectory", trajectory), (parent_exists, "--output", output))
+    if remove_every is not None:
+        check_arguments((positive, "--remove-every", remove_every))
     atoms = read_structure(structure)
     model = load_model(model_path, device, precision)
     velocity_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
@@ -121,10 +130,12 @@ def relax(structure, model_path, device, precision, fmax, cell, pressure, max_st
     """Relax STRUCTURE (any ASE format; the last frame) with FIRE."""
     from mtsim.md import MDError
     from mtsim.relax import relax as run_relax
+    from mtsim.relax import relax_arguments
 
+    output = output or f"{Path(structure).stem}_relaxed.extxyz"
+    check_arguments((relax_arguments, fmax, pressure, max_steps), (parent_exists, "--output", output))
     atoms = read_structure(structure)
     model = load_model(model_path, device, precision)
-    output = output or f"{Path(structure).stem}_relaxed.extxyz"
     with progress(length=max_steps, label="relaxing") as bar:
         try:
             result = run_relax(model, atoms, fmax=fmax, cell=cell, pressure=pressure, max_steps=max_steps,
@@ -139,7 +150,12 @@ def relax(structure, model_path, device, precision, fmax, cell, pressure, max_st
         line += (f", H = {result.enthalpy:.6f} eV, V = {s.volume:.4f} Å^3, "
                  f"P = {-np.trace(result.stress) / 3 / GPA:.4f} GPa")
     click.echo(line)
-    write_structure(output, s, result.prediction)
+    write_structure(output, s, result.prediction, info={"converged": result.converged, "steps": result.steps,
+                                                        "fmax_reached": result.fmax})
+    if not result.converged:
+        raise click.ClickException(f"relaxation did not converge: max|F| = {result.fmax:.4g} eV/Å (asked: fmax "
+                                   f"{fmax:g}) after {result.steps} steps (--max-steps {max_steps}); the structure "
+                                   f"written to {output} is the last one (an extxyz file marks it converged=False)")
     click.echo(f"relaxed structure: {output}")
 
 
@@ -166,9 +182,12 @@ def hysteresis(structure, model_path, device, precision, field_max, period, cycl
                timestep, ensemble, tdamp, equilibration, seed, interval, trajectory):
     """P-E hysteresis loop of STRUCTURE under E(t) = E_max cos(2 pi t / period) along --axis."""
     from mtsim.field_md import hysteresis as run_hysteresis
-    from mtsim.field_md import write_pe_loop
+    from mtsim.field_md import hysteresis_arguments, write_pe_loop
     from mtsim.md import MDError
 
+    check_arguments((hysteresis_arguments, field_max, period, cycles, temperature, timestep, ensemble, equilibration),
+                    (integer, "--interval", interval, 1), (positive, "--tdamp", tdamp),
+                    (parent_exists, "--trajectory", trajectory))
     atoms = read_structure(structure)
     model = load_model(model_path, device, precision)
     directory = Path(output)

@@ -11,28 +11,26 @@ import click
 import numpy as np
 
 from mtsim.cli.common import load_model, model_options, read_structure
-
-SUPERCELL_WIDTH = 10.0
-"""Å. Without --supercell, each supercell width (distance between opposite faces) is at least this."""
-
-
-def default_supercell(cell: np.ndarray) -> tuple[int, int, int]:
-    """The smallest diagonal supercell whose widths are all at least ``SUPERCELL_WIDTH``."""
-    volume = abs(np.linalg.det(cell))
-    widths = [volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)]
-    return tuple(max(1, int(np.ceil(SUPERCELL_WIDTH / w - 1e-9))) for w in widths)
+from mtsim.phonon.cells import SUPERCELL_WIDTH, default_supercell
+from mtsim.phonon.nac import EPS_INF_METALLIC
 
 
 def common_options(function):
     """Options shared by ``phonon`` and ``qha``."""
     options = [
         model_options,
-        click.option("--supercell", nargs=3, type=int, default=None,
-                     help=f"Diagonal supercell (default: every width >= {SUPERCELL_WIDTH:g} Å)."),
-        click.option("--mesh", nargs=3, type=int, default=(20, 20, 20), show_default=True,
+        click.option("--supercell", nargs=3, type=click.IntRange(min=1), default=None,
+                     help=f"Diagonal supercell (default: every width >= {SUPERCELL_WIDTH:g} Å and 2 x cutoff)."),
+        click.option("--allow-small-supercell", is_flag=True,
+                     help="Accept a supercell whose shortest lattice vector is below 2 x the model's cutoff (force "
+                          "constants then mix periodic images)."),
+        click.option("--mesh", nargs=3, type=click.IntRange(min=1), default=(20, 20, 20), show_default=True,
                      help="q mesh for the DOS and thermal properties."),
-        click.option("--nac/--no-nac", default=True, show_default=True,
-                     help="Non-analytical correction from the model's Z* and eps_inf."),
+        click.option("--nac/--no-nac", default=None,
+                     help="Non-analytical correction from the model's Z* and eps_inf  [default: auto: on unless the "
+                          "structure is metallic: --metallic, only metal elements, or eps_inf above "
+                          f"{EPS_INF_METALLIC:g}]"),
+        click.option("--metallic", is_flag=True, help="The structure is a metal: no NAC (with --nac: an error)."),
         click.option("--nac-method", type=click.Choice(["gonze", "wang"]), default="gonze", show_default=True),
         click.option("--relax/--no-relax", default=True, show_default=True,
                      help="Relax positions and cell first."),
@@ -47,11 +45,23 @@ def common_options(function):
     return function
 
 
-def prepare(structure_path, model_path, device, precision, relax, pressure, fmax):
-    """Read, load the model, and relax (cell at ``pressure`` GPa) if asked; returns (model, Structure)."""
+def prepare(structure_path, model_path, device, precision, relax, pressure, fmax, nac, metallic, arguments):
+    """Check the arguments, read, load the model, and relax (cell at ``pressure`` GPa) if asked; returns (model,
+    Structure)."""
+    from mtsim.checks import non_negative, positive
     from mtsim.phonon import relax_structure
+    from mtsim.relax import relax_arguments
     from mtsim.structure import as_structure
 
+    if nac and metallic:
+        raise click.UsageError("--nac contradicts --metallic (a metal has no LO-TO splitting)")
+    try:
+        relax_arguments(fmax, pressure)
+        positive("--amplitude", arguments["amplitude"])
+        non_negative("--tmax", arguments["tmax"])
+        positive("--tstep", arguments["tstep"])
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
     atoms = read_structure(structure_path)
     model = load_model(model_path, device, precision)
     if not relax:
@@ -63,21 +73,6 @@ def prepare(structure_path, model_path, device, precision, relax, pressure, fmax
     return model, structure
 
 
-def imaginary_summary(bands, mesh) -> dict:
-    """Lowest frequency (THz) and where, and the number of imaginary modes on the band path and the mesh."""
-    from mtsim.phonon.phonons import IMAGINARY_TOLERANCE
-
-    path_f = np.concatenate(bands.frequencies)
-    lowest = int(np.argmin(mesh.frequencies.min(axis=1)))
-    return {
-        "tolerance_thz": IMAGINARY_TOLERANCE,
-        "band_path_count": int((path_f < -IMAGINARY_TOLERANCE).sum()),
-        "mesh_count": int((mesh.frequencies < -IMAGINARY_TOLERANCE).sum()),
-        "lowest_mesh_frequency": float(mesh.frequencies[lowest].min()),
-        "lowest_mesh_qpoint": mesh.qpoints[lowest],
-    }
-
-
 @click.command()
 @click.argument("structure", type=click.Path(exists=True, dir_okay=False))
 @common_options
@@ -85,11 +80,12 @@ def imaginary_summary(bands, mesh) -> dict:
 @click.option("--q-direction", nargs=3, type=float, default=(1.0, 0.0, 0.0), show_default=True,
               help="Direction of approach to Gamma for the LO-TO splitting (reduced coordinates).")
 @click.option("--npoints", type=int, default=51, show_default=True, help="q points per band segment.")
-def phonon(structure, model_path, device, precision, supercell, mesh, nac, nac_method, relax, fmax, amplitude,
-           tmax, tstep, output, pressure, q_direction, npoints):
+def phonon(structure, model_path, device, precision, supercell, allow_small_supercell, mesh, nac, metallic,
+           nac_method, relax, fmax, amplitude, tmax, tstep, output, pressure, q_direction, npoints):
     """Phonons of STRUCTURE: force constants, LO-TO splitting from the model's Z*/eps_inf, bands, DOS, thermal
     properties; writes POSCAR-unitcell, FORCE_CONSTANTS, BORN, band.yaml, phonon.json, band.png, dos.png."""
-    from mtsim.phonon import Phonons, symmetrize_born
+    from mtsim.phonon import Phonons, SupercellTooSmall
+    from mtsim.phonon.cells import shortest_lattice_vector
     from mtsim.phonon.files import (
         write_band_yaml,
         write_born,
@@ -97,23 +93,26 @@ def phonon(structure, model_path, device, precision, supercell, mesh, nac, nac_m
         write_json,
         write_poscar,
     )
+    from mtsim.phonon.phonons import imaginary_summary
     from mtsim.phonon.plots import plot_bands, plot_dos
 
-    model, unitcell = prepare(structure, model_path, device, precision, relax, pressure, fmax)
-    size = tuple(supercell) if supercell else default_supercell(unitcell.cell)
+    model, unitcell = prepare(structure, model_path, device, precision, relax, pressure, fmax, nac, metallic,
+                              {"amplitude": amplitude, "tmax": tmax, "tstep": tstep})
+    size = tuple(supercell) if supercell else default_supercell(unitcell.cell, model.cutoff)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         ph = Phonons(unitcell, size)
-        ph.calculate_force_constants(model, amplitude, progress_bar=True)
-        prediction = model.predict(unitcell)
-        born, dielectric = symmetrize_born(prediction.born_charges, prediction.dielectric, ph.symmetry)
-        if nac:
-            ph.set_nac(born, dielectric, nac_method, symmetrize_born_charges=False)
+        ph.calculate_force_constants(model, amplitude, progress_bar=True, allow_small_supercell=allow_small_supercell)
+        choice = ph.nac_from_model(model, nac_method, "auto" if nac is None else nac, metallic)
         bands = ph.band_structure(npoints)
         sampled = ph.mesh(mesh, progress_bar=True)
+    except SupercellTooSmall as err:
+        raise click.UsageError(str(err)) from None
     except ValueError as err:
         raise click.ClickException(str(err)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    born, dielectric = ph.born, ph.dielectric
+    shortest = shortest_lattice_vector(ph.supercell.structure.cell)
     thermal = ph.thermal_properties(np.arange(0.0, tmax + tstep / 2, tstep), sampled)
     gamma = ph.gamma_report(q_direction)
     imaginary = imaginary_summary(bands, sampled)
@@ -129,7 +128,10 @@ def phonon(structure, model_path, device, precision, supercell, mesh, nac, nac_m
         "supercell_matrix": np.diag(size),
         "n_displacements": len(ph.displacements),
         "amplitude_angstrom": amplitude,
-        "nac": {"method": nac_method if nac else None, "born_charges": born, "dielectric": dielectric},
+        "supercell_check": {"shortest_lattice_vector_angstrom": shortest, "cutoff_angstrom": float(model.cutoff),
+                            "contains_cutoff_sphere": bool(shortest >= 2 * model.cutoff - 1e-6)},
+        "nac": {"applied": choice.applied, "reason": choice.reason, "method": nac_method if choice.applied else None,
+                "born_charges": born, "dielectric": dielectric},
         "gamma": gamma,
         "imaginary_modes": imaginary,
         "mesh": list(mesh),
@@ -143,8 +145,12 @@ def phonon(structure, model_path, device, precision, supercell, mesh, nac, nac_m
 
     click.echo(f"{formula} ({ph.symmetry.symbol}), supercell {size[0]}x{size[1]}x{size[2]}, "
                f"{len(ph.displacements)} displacements")
+    if shortest < 2 * model.cutoff - 1e-6:
+        click.echo(f"warning: supercell shortest lattice vector {shortest:.3f} Å < 2 x cutoff {model.cutoff:g} Å "
+                   "(allowed by --allow-small-supercell): the force constants mix periodic images", err=True)
+    click.echo(f"NAC {'applied' if choice.applied else 'not applied'}: {choice.reason}")
     click.echo("Gamma (THz): " + " ".join(f"{f:.3f}" for f in gamma["frequencies"]))
-    if nac:
+    if choice.applied:
         click.echo(f"Gamma with NAC along {tuple(q_direction)} (THz): "
                    + " ".join(f"{f:.3f}" for f in gamma["frequencies_nac"]))
         click.echo(f"LO-TO splitting: {gamma['lo_to_splitting']:.3f} THz")
@@ -164,30 +170,37 @@ def phonon(structure, model_path, device, precision, supercell, mesh, nac, nac_m
               help="Volumes from 1 - r to 1 + r times the reference.")
 @click.option("--volumes", "n_volumes", type=int, default=11, show_default=True)
 @click.option("--eos", type=click.Choice(["vinet", "birch_murnaghan"]), default="vinet", show_default=True)
-def qha(structure, model_path, device, precision, supercell, mesh, nac, nac_method, relax, fmax, amplitude, tmax,
-        tstep, output, relax_pressure, pressures, volume_range, n_volumes, eos):
+def qha(structure, model_path, device, precision, supercell, allow_small_supercell, mesh, nac, metallic, nac_method,
+        relax, fmax, amplitude, tmax, tstep, output, relax_pressure, pressures, volume_range, n_volumes, eos):
     """Quasi-harmonic G(T, P), V(T), B(T) and thermal expansion of STRUCTURE; writes qha.json, e-v.dat, qha.png."""
-    from mtsim.phonon import quasi_harmonic
+    from mtsim.phonon import SupercellTooSmall, nac_choice, quasi_harmonic
     from mtsim.phonon.files import write_json
     from mtsim.phonon.plots import plot_qha
 
-    model, unitcell = prepare(structure, model_path, device, precision, relax, relax_pressure, fmax)
-    size = tuple(supercell) if supercell else default_supercell(unitcell.cell)
+    model, unitcell = prepare(structure, model_path, device, precision, relax, relax_pressure, fmax, nac, metallic,
+                              {"amplitude": amplitude, "tmax": tmax, "tstep": tstep})
+    size = tuple(supercell) if supercell else default_supercell(unitcell.cell, model.cutoff)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     temperatures = np.arange(0.0, tmax + tstep / 2, tstep)
+    choice = nac_choice(model, unitcell, "auto" if nac is None else nac, metallic)
+    click.echo(f"NAC {'applied' if choice.applied else 'not applied'}: {choice.reason}")
     try:
-        result = quasi_harmonic(model, unitcell, size, temperatures, mesh, volume_range, n_volumes, fmax, nac,
-                                nac_method, amplitude, eos, progress_bar=True)
+        result = quasi_harmonic(model, unitcell, size, temperatures, mesh, volume_range, n_volumes, fmax,
+                                choice.applied, nac_method, amplitude, eos, progress_bar=True,
+                                allow_small_supercell=allow_small_supercell)
         curves = [result.at_pressure(p) for p in pressures]
+    except SupercellTooSmall as err:
+        raise click.UsageError(str(err)) from None
     except ValueError as err:
         raise click.ClickException(str(err)) from None
+    out.mkdir(parents=True, exist_ok=True)
     formula = unitcell.to_atoms().get_chemical_formula()
     (out / "e-v.dat").write_text("# cell volume (A^3)   energy of cell other than phonon (eV)\n" + "".join(
         f"{v:20.8f} {e:20.8f}\n" for v, e in zip(result.volumes, result.energies)))
     static = result.static
     write_json(out / "qha.json", {
-        "formula": formula, "supercell_matrix": np.diag(size), "mesh": list(mesh), "nac": nac, "eos": eos,
+        "formula": formula, "supercell_matrix": np.diag(size), "mesh": list(mesh), "nac": choice.applied,
+        "nac_reason": choice.reason, "eos": eos,
         "volumes_A3": result.volumes, "energies_eV": result.energies, "temperatures_K": temperatures,
         "vibrational_free_energy_eV": result.free_energies,
         "static_eos": {"e0_eV": static.e0, "v0_A3": static.v0, "b0_GPa": static.b0_gpa, "b0_prime": static.b0_prime},

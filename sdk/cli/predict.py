@@ -7,18 +7,31 @@ import json
 import click
 import numpy as np
 
-from mtsim.cli.common import load_model, model_options, read_frames
+from mtsim.cli.common import check_arguments, load_model, model_options
 from mtsim.progress import progress
 from mtsim.units import GPA
 
 
 def read_structures(paths):
-    """Every frame of every file, as (label, ase.Atoms)."""
-    frames = []
+    """Every readable frame of every file as (label, ase.Atoms), and the failures as (label, reason): a broken
+    frame ends its file's frames (the frames before it are kept); a file without frames is a failure."""
+    from mtsim.structure import StructureFileError, iread_frames
+
+    frames, failures = [], []
     for path in paths:
-        images = read_frames(path)
-        frames += [(f"{path}[{k}]" if len(images) > 1 else str(path), atoms) for k, atoms in enumerate(images)]
-    return frames
+        images, error = [], None
+        try:
+            for atoms in iread_frames(path):
+                images.append(atoms)
+        except StructureFileError as err:
+            error = err
+        several = len(images) + (error is not None) > 1
+        frames += [(f"{path}[{k}]" if several else str(path), atoms) for k, atoms in enumerate(images)]
+        if error is not None:
+            failures.append((f"{path}[{error.frame}]" if several else str(path), str(error)))
+        elif not images:
+            failures.append((str(path), f"cannot read {path}: it holds no structures"))
+    return frames, failures
 
 
 def summary(label, atoms, p, skip=()) -> str:
@@ -47,25 +60,40 @@ def summary(label, atoms, p, skip=()) -> str:
 @click.option("--include-untrained", is_flag=True,
               help="Also report outputs whose head the model marks untrained (they are not predictions).")
 def predict(files, model_path, device, precision, fmt, output, allow_overlap, include_untrained):
-    """Predict energy, forces, stress, magmoms, charges, Born charges and eps_inf for FILES (any ASE format)."""
-    frames = read_structures(files)
-    model = load_model(model_path, device, precision)
-    skip = () if include_untrained else tuple(model.untrained_outputs)
-    if skip:
-        click.echo(f"note: left out {', '.join(skip)}: untrained in this model (--include-untrained shows them)")
+    """Predict energy, forces, stress, magmoms, charges, Born charges and eps_inf for FILES (any ASE format).
+
+    Each structure is evaluated on its own: every good one is printed and written, each one that fails (an
+    unreadable frame, an unknown element, overlapping atoms, ...) is listed with its file, frame and reason, and
+    the exit status is 1 if any failed."""
+    from mtsim.checks import parent_exists
+
+    check_arguments((parent_exists, "--output", output))
+    frames, failures = read_structures(files)
     results = []
-    with progress(frames, label="predicting") as bar:
-        for label, atoms in bar:
-            try:
-                p = model.predict(atoms, allow_overlap=allow_overlap)
-            except ValueError as err:
-                raise click.ClickException(f"{label}: {err}") from None
-            results.append((label, atoms, p))
+    if frames:
+        model = load_model(model_path, device, precision)
+        skip = () if include_untrained else tuple(model.untrained_outputs)
+        if skip:
+            click.echo(f"note: left out {', '.join(skip)}: untrained in this model (--include-untrained shows them)")
+        with progress(frames, label="predicting") as bar:
+            for label, atoms in bar:
+                try:
+                    p = model.predict(atoms, allow_overlap=allow_overlap)
+                except (ValueError, RuntimeError) as err:
+                    failures.append((label, str(err)))
+                else:
+                    results.append((label, atoms, p))
     for label, atoms, p in results:
         click.echo(summary(label, atoms, p, skip))
-    if output:
+    if output and results:
         write_predictions(output, fmt, results, skip)
         click.echo(f"wrote {len(results)} structure(s) to {output}")
+    for label, reason in failures:
+        click.echo(f"failed: {label}: {reason}", err=True)
+    if failures:
+        raise click.ClickException(f"{len(failures)} structure(s) failed (listed above); "
+                                   f"{len(results)} succeeded" + (f" and were written to {output}" if output and
+                                                                  results else ""))
 
 
 def write_predictions(path, fmt, results, skip=()) -> None:

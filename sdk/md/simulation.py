@@ -165,6 +165,13 @@ def run(model, structure, ensemble: str = "nve", timestep: float = 1.0, steps: i
     ``initial_temperature=0`` to start at rest); ``pressure`` GPa (npt); ``field`` V/Å (constant vector, callable of
     time in fs, or :class:`mtsim.field.ElectricField`); ``seed`` for velocities and Langevin noise.
     """
+    from mtsim.checks import md_arguments, non_negative, parent_exists
+
+    md_arguments(ensemble, timestep, steps, temperature, pressure, field)
+    if initial_temperature is not None:
+        non_negative("initial_temperature", initial_temperature)
+    parent_exists("log", log)
+    parent_exists("trajectory", trajectory)
     velocity_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
     integrator = make_integrator(ensemble, timestep, temperature, pressure, seed=noise_seed, friction=friction,
                                  tdamp=tdamp, pdamp=pdamp, barostat=barostat)

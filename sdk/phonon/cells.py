@@ -17,6 +17,54 @@ from scipy.sparse import csr_matrix
 from mtsim.phonon.symmetry import SpaceGroup
 from mtsim.structure import Structure
 
+SUPERCELL_WIDTH = 10.0
+"""Å. The default supercell's widths (distances between opposite faces) are at least this and twice the cutoff."""
+
+
+class SupercellTooSmall(ValueError):
+    """The supercell does not contain the model's cutoff sphere (see ``check_supercell``)."""
+
+
+def widths(cell: np.ndarray) -> np.ndarray:
+    """The distances (Å) between opposite faces of ``cell`` (rows = lattice vectors)."""
+    cell = np.asarray(cell, dtype=float)
+    volume = abs(np.linalg.det(cell))
+    return np.array([volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)])
+
+
+def default_supercell(cell: np.ndarray, cutoff: float = 0.0) -> tuple[int, int, int]:
+    """The smallest diagonal supercell of ``cell`` whose widths are all at least ``SUPERCELL_WIDTH`` and twice
+    ``cutoff`` (Å), so that it passes ``check_supercell``."""
+    width = max(SUPERCELL_WIDTH, 2.0 * cutoff)
+    return tuple(max(1, int(np.ceil(width / w - 1e-9))) for w in widths(cell))
+
+
+def shortest_lattice_vector(cell: np.ndarray) -> float:
+    """Length (Å) of the shortest nonzero lattice vector of ``cell`` (the first row of its Minkowski reduction)."""
+    reduced, _ = minkowski_reduce(np.asarray(cell, dtype=float))
+    return float(np.linalg.norm(reduced, axis=1).min())
+
+
+def check_supercell(supercell: Supercell, cutoff: float) -> float:
+    """Refuse (``SupercellTooSmall``) a supercell whose shortest lattice vector is shorter than 2 ``cutoff`` (Å);
+    returns that length.
+
+    Rule: the sphere of radius ``cutoff`` around any atom must hold at most one periodic image of each atom (it then
+    lies inside the supercell's Wigner-Seitz cell). Only then is every force constant between atoms closer than the
+    cutoff, where the model's direct interactions act, resolved to one image pair instead of a sum over images, and
+    the force constants (hence the frequencies) are exact for interactions of that range. Message passing carries
+    interactions further (layers x cutoff); those tails are folded back into the supercell in any finite supercell
+    and converge with its size."""
+    length = shortest_lattice_vector(supercell.structure.cell)
+    if length < 2.0 * cutoff - 1e-6:
+        raise SupercellTooSmall(
+            f"supercell {'x'.join(map(str, supercell.size))} is too small for the model's cutoff {cutoff:g} Å: its "
+            f"shortest lattice vector is {length:.3f} Å < 2 x cutoff = {2 * cutoff:g} Å, so an atom's cutoff sphere "
+            "holds several images of one neighbour and the force constants mix them; use a larger supercell "
+            f"(default: {'x'.join(map(str, default_supercell(supercell.unitcell.cell, cutoff)))}) or allow it "
+            "explicitly (allow_small_supercell / --allow-small-supercell)")
+    return length
+
 
 @dataclass(frozen=True)
 class Supercell:

@@ -14,17 +14,67 @@ the correction C[q, i, a, j, b] in eV/Å^2 (not yet divided by the masses), the 
 
 At Gamma the term depends on the direction of approach, ``q_direction`` (reduced coordinates); without it the
 term is left out there.
+
+Whether to apply it (``choose_nac``): the correction is the macroscopic field of polar optical modes; in a metal
+free carriers screen that field (eps -> infinity), Z* and eps_inf are not defined, and the LO-TO splitting is zero.
+With ``nac="auto"`` it is applied unless the structure is metallic: marked so by the user, made of metals only (no
+nonmetal or metalloid of ``NONMETALS`` to bind electrons: an alloy or intermetallic such as NiAl), or with a model
+eps_inf (mean of the diagonal) above ``EPS_INF_METALLIC``. Metals with nonmetal atoms (TiN, metallic carbides and
+borides) are not recognised: mark them with ``metallic=True``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from ase.data import chemical_symbols
 
 from mtsim.structure import Structure
 from mtsim.units import COULOMB_EV_A
 
 GAMMA_TOLERANCE = 1e-5
 """1/Å. |q| (or |q + G|) below this counts as Gamma."""
+NONMETALS = frozenset({1, 2, 5, 6, 7, 8, 9, 10, 14, 15, 16, 17, 18, 32, 33, 34, 35, 36, 51, 52, 53, 54, 85, 86})
+"""Atomic numbers of the nonmetals, noble gases and metalloids (H, He, B, C, N, O, F, Ne, Si, P, S, Cl, Ar, Ge, As,
+Se, Br, Kr, Sb, Te, I, Xe, At, Rn); every other element counts as a metal."""
+EPS_INF_METALLIC = 50.0
+"""Mean diagonal eps_inf above which a structure counts as metallic (the screening of a metal diverges)."""
+
+
+@dataclass(frozen=True)
+class NACChoice:
+    """Whether the NAC is applied (``applied``) and why (``reason``, one sentence)."""
+
+    applied: bool
+    reason: str
+
+
+def choose_nac(numbers, dielectric, nac: bool | str = "auto", metallic: bool = False) -> NACChoice:
+    """The NAC decision for atomic numbers ``numbers`` with eps_inf ``dielectric`` [3,3]: ``nac`` True/False as
+    asked, or ``"auto"`` by the rule of the module docstring; ``metallic``: the user marks the structure as a
+    metal (contradicts ``nac=True``)."""
+    if nac is True and metallic:
+        raise ValueError("nac=True contradicts metallic=True (a metal has no LO-TO splitting)")
+    if nac is True:
+        return NACChoice(True, "asked for (nac on)")
+    if nac is False:
+        return NACChoice(False, "switched off (nac off)")
+    if nac != "auto":
+        raise ValueError(f"nac must be True, False or 'auto', got {nac!r}")
+    if metallic:
+        return NACChoice(False, "metallic (marked by the user): free carriers screen the macroscopic field")
+    present = sorted({int(z) for z in np.asarray(numbers)})
+    names = "".join(chemical_symbols[z] for z in present)
+    if not NONMETALS.intersection(present):
+        return NACChoice(False, f"metallic: {names} holds only metals (no nonmetal or metalloid), so free carriers "
+                                "screen the macroscopic field")
+    eps = float(np.trace(np.asarray(dielectric, dtype=float))) / 3
+    if eps > EPS_INF_METALLIC:
+        return NACChoice(False, f"metallic: the model's eps_inf {eps:.3g} exceeds {EPS_INF_METALLIC:g}")
+    anions = "".join(chemical_symbols[z] for z in present if z in NONMETALS)
+    return NACChoice(True, f"insulator: {names} holds nonmetal(s) {anions} and the model's eps_inf {eps:.3g} is "
+                           f"at most {EPS_INF_METALLIC:g}")
 
 
 class GonzeLee:

@@ -8,12 +8,12 @@ from ase.data import atomic_masses
 from mtsim.model import ATOM_BUDGET
 from mtsim.phonon.bands import BandStructure, band_path, gamma_directions, segment_distances
 from mtsim.phonon.born import symmetrize_born
-from mtsim.phonon.cells import Supercell
+from mtsim.phonon.cells import Supercell, check_supercell
 from mtsim.phonon.displacements import Displacement, displaced_structures, generate_displacements
 from mtsim.phonon.dynamical import DynamicalMatrix
 from mtsim.phonon.force_constants import full_force_constants, solve_force_constants, symmetrize
 from mtsim.phonon.mesh import DensityOfStates, Mesh, density_of_states, irreducible_qpoints
-from mtsim.phonon.nac import GonzeLee, Wang
+from mtsim.phonon.nac import GonzeLee, NACChoice, Wang, choose_nac
 from mtsim.phonon.symmetry import space_group
 from mtsim.phonon.thermal import ThermalProperties, thermal_properties
 from mtsim.phonon.velocities import group_velocities
@@ -49,6 +49,9 @@ class Phonons:
         self.displacements: list[Displacement] = []
         self.force_constants: np.ndarray | None = None
         self.nac: GonzeLee | Wang | None = None
+        self.nac_choice: NACChoice | None = None
+        self.born: np.ndarray | None = None
+        self.dielectric: np.ndarray | None = None
         self._dynamical_matrix: DynamicalMatrix | None = None
 
     # ------------------------------------------------------------------ force constants
@@ -75,14 +78,23 @@ class Phonons:
         return full_force_constants(self.force_constants, self.supercell)
 
     def calculate_force_constants(self, model, amplitude: float = 0.01, plusminus: bool | str = "auto",
-                                  batch_size: int | None = None, progress_bar: bool = False) -> np.ndarray:
+                                  batch_size: int | None = None, progress_bar: bool = False,
+                                  allow_small_supercell: bool = False) -> np.ndarray:
         """Displace, evaluate the supercells with ``model``, and build the force constants.
+
+        A supercell that does not contain the model's cutoff sphere is refused (``SupercellTooSmall``, rule in
+        ``mtsim.phonon.cells.check_supercell``) unless ``allow_small_supercell``.
 
         ``batch_size`` supercells per model call (default: one on the CPU, where batching saves no time but costs
         memory; up to ``mtsim.model.ATOM_BUDGET`` atoms on a GPU). Residual forces of a not fully relaxed cell
         cancel in the least squares, since every displacement comes with its opposite (computed or implied by
         symmetry) unless ``plusminus`` is False.
         """
+        from mtsim.checks import positive
+
+        positive("amplitude", amplitude)
+        if not allow_small_supercell:
+            check_supercell(self.supercell, float(model.cutoff))
         structures = self.generate_displacements(amplitude, plusminus)
         if batch_size is None:
             on_gpu = getattr(model, "device", "cpu") == "cuda"
@@ -110,20 +122,31 @@ class Phonons:
             self.nac = NAC_METHODS[method](self.unitcell, born, dielectric)
         self._dynamical_matrix = None
 
-    def nac_from_model(self, model, method: str = "gonze") -> None:
-        """NAC from the model's own Z* and eps_inf predicted on the unit cell."""
+    def nac_from_model(self, model, method: str = "gonze", nac: bool | str = True, metallic: bool = False
+                       ) -> NACChoice:
+        """The model's Z* and eps_inf on the unit cell, symmetrised (kept in ``born``, ``dielectric``), and the NAC
+        from them where ``mtsim.phonon.nac.choose_nac`` says so (``nac`` True/False/"auto", ``metallic``); the
+        decision is kept in ``nac_choice`` and returned."""
         p = model.predict(self.unitcell)
-        self.set_nac(p.born_charges, p.dielectric, method)
+        self.born, self.dielectric = symmetrize_born(p.born_charges, p.dielectric, self.symmetry)
+        self.nac_choice = choose_nac(self.unitcell.numbers, self.dielectric, nac, metallic)
+        if self.nac_choice.applied:
+            self.set_nac(self.born, self.dielectric, method, symmetrize_born_charges=False)
+        else:
+            self.set_nac(None, None)
+        return self.nac_choice
 
     @classmethod
-    def from_model(cls, model, unitcell, supercell=(2, 2, 2), nac: bool = True, nac_method: str = "gonze",
+    def from_model(cls, model, unitcell, supercell=(2, 2, 2), nac: bool | str = "auto", nac_method: str = "gonze",
                    amplitude: float = 0.01, plusminus: bool | str = "auto", masses=None, symprec: float = 1e-5,
-                   batch_size: int | None = None, progress_bar: bool = False) -> Phonons:
-        """Force constants (and, with ``nac``, Z* and eps_inf) of ``unitcell`` from ``model``."""
+                   batch_size: int | None = None, progress_bar: bool = False, metallic: bool = False,
+                   allow_small_supercell: bool = False) -> Phonons:
+        """Force constants of ``unitcell`` from ``model`` and the NAC from its Z* and eps_inf as ``nac`` (True,
+        False, or "auto": decided by ``choose_nac`` with ``metallic``) says; the decision is in ``nac_choice``."""
         phonons = cls(unitcell, supercell, masses=masses, symprec=symprec)
-        phonons.calculate_force_constants(model, amplitude, plusminus, batch_size, progress_bar)
-        if nac:
-            phonons.nac_from_model(model, nac_method)
+        phonons.calculate_force_constants(model, amplitude, plusminus, batch_size, progress_bar,
+                                          allow_small_supercell)
+        phonons.nac_from_model(model, nac_method, nac, metallic)
         return phonons
 
     # ------------------------------------------------------------------ phonons
@@ -185,3 +208,16 @@ class Phonons:
             "lo_to_splitting": float(shifts.max()),
             "imaginary_modes": plain[plain < -IMAGINARY_TOLERANCE],
         }
+
+
+def imaginary_summary(bands: BandStructure, mesh: Mesh) -> dict:
+    """Lowest frequency (THz) and where, and the number of imaginary modes on the band path and the mesh."""
+    path_f = np.concatenate(bands.frequencies)
+    lowest = int(np.argmin(mesh.frequencies.min(axis=1)))
+    return {
+        "tolerance_thz": IMAGINARY_TOLERANCE,
+        "band_path_count": int((path_f < -IMAGINARY_TOLERANCE).sum()),
+        "mesh_count": int((mesh.frequencies < -IMAGINARY_TOLERANCE).sum()),
+        "lowest_mesh_frequency": float(mesh.frequencies[lowest].min()),
+        "lowest_mesh_qpoint": mesh.qpoints[lowest],
+    }

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 
+from mtsim.phonon.nac import NACChoice, choose_nac
 from mtsim.phonon.phonons import Phonons
 from mtsim.phonon.qha import QHA
 from mtsim.progress import progress
@@ -27,6 +28,12 @@ def relax_structure(model, structure, fmax: float = 0.02, cell: bool = True, pre
     return result.structure, result.energy
 
 
+def nac_choice(model, structure, nac: bool | str = "auto", metallic: bool = False) -> NACChoice:
+    """``choose_nac`` for ``structure`` with the model's eps_inf on it."""
+    structure = as_structure(structure)
+    return choose_nac(structure.numbers, model.predict(structure).dielectric, nac, metallic)
+
+
 def scaled(structure: Structure, volume_factor: float) -> Structure:
     """``structure`` with its volume multiplied by ``volume_factor`` (isotropic, fractional coordinates kept)."""
     s = volume_factor ** (1 / 3)
@@ -34,20 +41,23 @@ def scaled(structure: Structure, volume_factor: float) -> Structure:
 
 
 def quasi_harmonic(model, structure, supercell=(4, 4, 4), temperatures=np.arange(0, 1001, 10), mesh=(20, 20, 20),
-                   volume_range: float = 0.025, n_volumes: int = 11, fmax: float = 0.02, nac: bool = True,
+                   volume_range: float = 0.025, n_volumes: int = 11, fmax: float = 0.02, nac: bool | str = "auto",
                    nac_method: str = "gonze", amplitude: float = 0.01, eos: str = "vinet",
-                   progress_bar: bool = False) -> QHA:
+                   progress_bar: bool = False, metallic: bool = False, allow_small_supercell: bool = False) -> QHA:
     """QHA of ``structure`` (relaxed beforehand by the caller): ``n_volumes`` volumes from 1 - ``volume_range`` to
     1 + ``volume_range`` times its own, atoms relaxed to ``fmax`` eV/Å at each fixed cell, harmonic phonons on
-    ``mesh``, and F(V) fitted with ``eos`` at each temperature (K)."""
+    ``mesh``, and F(V) fitted with ``eos`` at each temperature (K). ``nac="auto"`` is decided once, on
+    ``structure`` (``nac_choice``), and ``allow_small_supercell`` as in ``Phonons.calculate_force_constants``."""
     structure = as_structure(structure)
+    if nac == "auto" or metallic:
+        nac = nac_choice(model, structure, nac, metallic).applied
     volumes, energies, free = [], [], []
     factors = np.linspace(1 - volume_range, 1 + volume_range, n_volumes)
     with progress(factors, f"QHA over {n_volumes} volumes", progress_bar) as bar:
         for factor in bar:
             relaxed, energy = relax_structure(model, scaled(structure, factor), fmax=fmax, cell=False)
             phonons = Phonons.from_model(model, relaxed, supercell, nac=nac, nac_method=nac_method,
-                                         amplitude=amplitude)
+                                         amplitude=amplitude, allow_small_supercell=allow_small_supercell)
             volumes.append(relaxed.volume)
             energies.append(energy)
             free.append(phonons.thermal_properties(temperatures, phonons.mesh(mesh)).free_energy)

@@ -148,28 +148,27 @@ class PhononFiles:
     independent_atoms: np.ndarray
 
 
-def phonon(model, atoms, supercell=None, mesh=(20, 20, 20), nac: bool = True, nac_method: str = "gonze",
+def phonon(model, atoms, supercell=None, mesh=(20, 20, 20), nac: bool | str = "auto", nac_method: str = "gonze",
            relax: bool = True, fmax: float = 0.02, pressure: float = 0.0, amplitude: float = 0.01,
-           q_direction=(1.0, 0.0, 0.0), npoints: int = 51, tmax: float = 1000.0, tstep: float = 10.0) -> Result:
+           q_direction=(1.0, 0.0, 0.0), npoints: int = 51, tmax: float = 1000.0, tstep: float = 10.0,
+           metallic: bool = False, allow_small_supercell: bool = False) -> Result:
     """Harmonic phonons as ``mtsim phonon``: relax (positions and cell at ``pressure`` GPa) unless told not to,
-    force constants on ``supercell`` (None: every width >= 10 Å), NAC from the model's own Z* and eps_inf
-    (TO/LO at Gamma along ``q_direction``), band structure, DOS and thermal properties on ``mesh``."""
-    from mtsim.cli.phonon import default_supercell, imaginary_summary
-    from mtsim.phonon import Phonons, relax_structure, symmetrize_born
+    force constants on ``supercell`` (None: every width >= 10 Å and 2 x cutoff; a smaller one is refused unless
+    ``allow_small_supercell``), NAC from the model's own Z* and eps_inf as ``nac`` (True/False/"auto", with
+    ``metallic``: ``mtsim.phonon.choose_nac``) says (TO/LO at Gamma along ``q_direction``), band structure, DOS
+    and thermal properties on ``mesh``."""
+    from mtsim.phonon import Phonons, default_supercell, imaginary_summary, relax_structure
     from mtsim.structure import as_structure
 
     if relax:
         unitcell, _ = relax_structure(model, atoms, fmax=fmax, cell=True, pressure=pressure)
     else:
         unitcell = as_structure(atoms)
-    size = tuple(supercell) if supercell else default_supercell(unitcell.cell)
+    size = tuple(supercell) if supercell else default_supercell(unitcell.cell, model.cutoff)
     ph = Phonons(unitcell, size)
-    ph.calculate_force_constants(model, amplitude)
-    born = dielectric = None
-    if nac:
-        p = model.predict(unitcell)
-        born, dielectric = symmetrize_born(p.born_charges, p.dielectric, ph.symmetry)
-        ph.set_nac(born, dielectric, nac_method, symmetrize_born_charges=False)
+    ph.calculate_force_constants(model, amplitude, allow_small_supercell=allow_small_supercell)
+    choice = ph.nac_from_model(model, nac_method, nac, metallic)
+    born, dielectric = (ph.born, ph.dielectric) if choice.applied else (None, None)
     bands = ph.band_structure(npoints)
     sampled = ph.mesh(mesh)
     thermal = ph.thermal_properties(np.arange(0.0, tmax + tstep / 2, tstep), sampled)
@@ -178,11 +177,11 @@ def phonon(model, atoms, supercell=None, mesh=(20, 20, 20), nac: bool = True, na
     summary = {"space_group": f"{ph.symmetry.symbol} ({ph.symmetry.number})",
                "supercell": "x".join(str(n) for n in size), "lo_to_splitting": gamma["lo_to_splitting"],
                "lowest_frequency": imaginary["lowest_mesh_frequency"], "imaginary_modes": imaginary["mesh_count"],
-               "zero_point_energy": float(thermal.zero_point)}
+               "zero_point_energy": float(thermal.zero_point), "nac": choice.applied, "nac_reason": choice.reason}
     data = {"gamma_frequencies": gamma["frequencies"], "gamma_frequencies_nac": gamma["frequencies_nac"],
             "lo_to_shifts": gamma["lo_to_shifts"], "temperatures": thermal.temperatures,
             "free_energy": thermal.free_energy, "entropy": thermal.entropy, "heat_capacity": thermal.heat_capacity}
-    if nac:
+    if choice.applied:
         data.update(born_charges=born, dielectric=dielectric)
     files = PhononFiles(bands, ph.density_of_states(sampled), unitcell, ph.masses, born, dielectric,
                         ph.symmetry.independent_atoms)
@@ -200,9 +199,10 @@ def write_phonon_files(folder, files: PhononFiles) -> None:
         write_born(folder / "BORN", files.born, files.dielectric, files.independent_atoms)
 
 
-register(Task("phonon", phonon, {"supercell": None, "mesh": [20, 20, 20], "nac": True, "nac_method": "gonze",
+register(Task("phonon", phonon, {"supercell": None, "mesh": [20, 20, 20], "nac": "auto", "nac_method": "gonze",
                                  "relax": True, "fmax": 0.02, "pressure": 0.0, "amplitude": 0.01,
-                                 "q_direction": [1.0, 0.0, 0.0], "npoints": 51, "tmax": 1000.0, "tstep": 10.0},
+                                 "q_direction": [1.0, 0.0, 0.0], "npoints": 51, "tmax": 1000.0, "tstep": 10.0,
+                                 "metallic": False, "allow_small_supercell": False},
               write_files=write_phonon_files))
 
 
