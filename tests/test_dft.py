@@ -95,6 +95,8 @@ def test_a_run_records_failures_goes_on_and_resumes(tmp_path):
     # a run killed while writing leaves a partial last frame: the next run cuts it and labels that structure again
     with open(out / dft.LABELLED, "ab") as handle:
         handle.write(first[: len(first) // 3])
+    snapshot = dft.snapshot(out, structures, settings)  # while a run appends: only complete frames
+    assert snapshot["counts"]["labelled"] == 2 and len(ase.io.read(out / "labelled.extxyz.gz", ":")) == 2
     assert dft.repair_tail(str(out / dft.LABELLED)) == 2
     assert (out / dft.LABELLED).read_bytes() == first
 

@@ -205,13 +205,13 @@ def _task(atoms: ase.Atoms, settings: DFTSettings, log_path: str) -> tuple[str, 
     return "done", buffer.getvalue()
 
 
-def repair_tail(path: str) -> int:
-    """Cut a partly written last frame off an extxyz file (a run killed mid-write); return the frames kept."""
+def complete_frames(path: str) -> tuple[int, int]:
+    """(frames, bytes) of the complete extxyz frames at the start of ``path`` (a run may be writing the next)."""
     if not os.path.exists(path):
-        return 0
+        return 0, 0
     with open(path, "rb") as handle:
         lines = handle.readlines()
-    frames, position, keep = 0, 0, 0
+    frames, position, size = 0, 0, 0
     while position < len(lines):
         try:
             count = int(lines[position])
@@ -220,12 +220,32 @@ def repair_tail(path: str) -> int:
         end = position + 2 + count
         if end > len(lines) or not lines[end - 1].endswith(b"\n"):
             break
-        frames, position, keep = frames + 1, end, keep + sum(len(x) for x in lines[position:end])
-    if position < len(lines):
+        frames, size, position = frames + 1, size + sum(len(x) for x in lines[position:end]), end
+    return frames, size
+
+
+def repair_tail(path: str) -> int:
+    """Cut a partly written last frame off an extxyz file (a run killed mid-write); return the frames kept."""
+    frames, size = complete_frames(path)
+    if os.path.exists(path) and os.path.getsize(path) > size:
         with open(path, "r+b") as handle:
-            handle.truncate(keep)
+            handle.truncate(size)
         print(f"[dft] {path}: cut a partly written frame after frame {frames}", file=sys.stderr, flush=True)
     return frames
+
+
+def snapshot(out: str | os.PathLike, structures: str | os.PathLike, settings: DFTSettings = DFTSettings()) -> dict:
+    """Write ``OUT/labelled.extxyz.gz`` (the complete frames so far, deterministic gzip: no name, no time) and the
+    manifest, while a run may still be appending; return the manifest."""
+    import gzip
+
+    path = os.path.join(os.fspath(out), LABELLED)
+    _, size = complete_frames(path)
+    with open(path, "rb") as handle:
+        data = handle.read(size)
+    with open(path + ".gz", "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped:
+        zipped.write(data)
+    return write_run_manifest(structures, os.fspath(out), settings, labelled=path + ".gz")
 
 
 def read_failures(path: str) -> dict[str, str]:
@@ -301,7 +321,7 @@ def run(structures: str | os.PathLike, out: str | os.PathLike, settings: DFTSett
 
 
 def _read_all(path: str) -> list[ase.Atoms]:
-    return ase.io.read(path, index=":", format="extxyz") if os.path.exists(path) and os.path.getsize(path) else []
+    return ase.io.read(path, index=":") if os.path.exists(path) and os.path.getsize(path) else []
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -318,9 +338,11 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def write_run_manifest(structures, out: str, settings: DFTSettings) -> dict:
-    """Write and return ``OUT/manifest.json``: versions, settings, counts, CPU time, sha256 of input and outputs."""
-    labelled = _read_all(os.path.join(out, LABELLED))
+def write_run_manifest(structures, out: str, settings: DFTSettings, labelled: str | None = None) -> dict:
+    """Write and return ``OUT/manifest.json``: versions, settings, counts, CPU time, sha256 of input and outputs
+    (``labelled``: the labels file described, default ``OUT/labelled.extxyz``)."""
+    labelled_path = labelled or os.path.join(out, LABELLED)
+    labelled = _read_all(labelled_path)
     failures = read_failures(os.path.join(out, FAILED))
     failures = {k: v for k, v in failures.items() if k not in {structure_id(a) for a in labelled}}
     residuals = [abs(a.info["charge_residual"]) for a in labelled if "charge_residual" in a.info]
@@ -338,8 +360,8 @@ def write_run_manifest(structures, out: str, settings: DFTSettings) -> dict:
         "charge_residual_abs": {"max": max(residuals, default=None),
                                 "mean": float(np.mean(residuals)) if residuals else None},
         "failures": failures,
-        "outputs": {name: file_sha256(os.path.join(out, name))
-                    for name in (LABELLED, FAILED) if os.path.exists(os.path.join(out, name))},
+        "outputs": {os.path.basename(p): file_sha256(p)
+                    for p in (labelled_path, os.path.join(out, FAILED)) if os.path.exists(p)},
     }
     write_manifest(os.path.join(out, MANIFEST), manifest)
     return manifest
@@ -442,6 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("--out", required=True, help="output extxyz")
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--samples-per-crystal", type=int, default=2)
+    sn = commands.add_parser("snapshot", help="write labelled.extxyz.gz and manifest.json (while a run goes on)")
+    sn.add_argument("--data", required=True, help="the structures the run labels")
+    sn.add_argument("--out", required=True, help="the run's output folder")
     al = commands.add_parser("align", help="put another source's energies on the GPAW scale")
     al.add_argument("--gpaw", required=True, help="labelled.extxyz of this builder")
     al.add_argument("--other", required=True, help="extxyz labelled by another source (e.g. the CHGNet teacher)")
@@ -452,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = DFTSettings(bader=not args.no_bader, **{name: getattr(args, name) for name in names})
         manifest = run(args.data, args.out, settings, args.workers, args.retry_failed, args.limit, args.quiet)
         print(json.dumps(manifest["counts"]))
+    elif args.command == "snapshot":
+        print(json.dumps(snapshot(args.out, args.data)["counts"]))
     elif args.command == "structures":
         from mtsim.training.builders._io import write_frames
 
