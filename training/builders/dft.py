@@ -104,14 +104,15 @@ def initial_magmoms(atoms: ase.Atoms) -> np.ndarray | None:
     return np.array([INITIAL_MAGMOMS.get(s, 0.0) for s in symbols])
 
 
-def make_calculator(atoms: ase.Atoms, settings: DFTSettings, txt=None):
-    """A GPAW calculator for ``atoms`` under ``settings``; sets the initial moments on ``atoms``."""
+def make_calculator(atoms: ase.Atoms, settings: DFTSettings, txt=None, kpts: Sequence[int] | None = None):
+    """A GPAW calculator for ``atoms`` under ``settings`` (``kpts``: a fixed mesh instead of the density rule, for
+    energy differences between cells); sets the initial moments on ``atoms``."""
     from gpaw import GPAW, PW, FermiDirac
 
     magmoms = initial_magmoms(atoms)
     atoms.set_initial_magnetic_moments(magmoms)
-    return GPAW(mode=PW(settings.ecut), xc=settings.xc, kpts={"size": kpoint_mesh(atoms, settings.kpoint_density),
-                                                              "gamma": True},
+    mesh = tuple(kpts) if kpts is not None else kpoint_mesh(atoms, settings.kpoint_density)
+    return GPAW(mode=PW(settings.ecut), xc=settings.xc, kpts={"size": mesh, "gamma": True},
                 occupations=FermiDirac(settings.smearing), spinpol=magmoms is not None, maxiter=settings.max_scf,
                 convergence={"energy": settings.energy_tol, "density": settings.density_tol}, txt=txt)
 
