@@ -3,7 +3,7 @@
 For each crystal (2 atoms in the primitive cell): the PBE lattice constant from a Birch–Murnaghan fit of E(V) at
 seven lattice constants (±3 %), then atom 0 displaced by ±u along x, all on the k mesh the data set's rule gives
 the crystal at its starting lattice constant (held fixed: a mesh that changes with the volume makes E(V) jump).
-The energy change when that mesh grows by one point per direction is reported too: the size of the steps in the
+The energy change to the next even mesh (two more points per direction) is reported too: the size of the steps in the
 data set's energies where its rule switches meshes. Displacing one sublattice of the primitive cell
 is a Γ phonon (all images move together), and with two atoms the acoustic sum rule gives
 ω²_TO = Φ (1/m_1 + 1/m_2), Φ = -dF_0x/du_0x (central difference). No macroscopic field arises in the periodic cell,
@@ -46,7 +46,7 @@ def gamma_to(name: str, settings: DFTSettings, displacement: float = 0.01) -> di
     scales = np.linspace(0.97, 1.03, 7)
     cells = [bulk(name, lattice, a=guess * s) for s in scales]
     energies = [energy_and_forces(atoms, settings, kpts)[0] for atoms in cells]
-    denser = energy_and_forces(cells[3], settings, [k + 1 for k in kpts])[0]
+    denser = energy_and_forces(cells[3], settings, [k + 2 for k in kpts])[0]
     volumes = [atoms.get_volume() for atoms in cells]
     v0, _, bulk_modulus = EquationOfState(volumes, energies, eos="birchmurnaghan").fit()
     a0 = guess * (v0 / volumes[3]) ** (1 / 3)
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     settings = DFTSettings(bader=False)
     rows = []
-    print("| crystal | a0 (Å) | B (GPa) | k mesh | E(k+1) − E(k) (meV/atom) | TO GPAW (THz) | TO exp. (THz) "
+    print("| crystal | a0 (Å) | B (GPa) | k mesh | E(k+2) − E(k) (meV/atom) | TO GPAW (THz) | TO exp. (THz) "
           "| GPAW − exp. |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.crystals:
