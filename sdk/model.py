@@ -28,6 +28,7 @@ from mtsim.onnx_format import (
     OnnxFileNotFoundError,
     check_mtsim_metadata,
     session_info,
+    verify_weights,
 )
 from mtsim.session import open_session
 from mtsim.structure import Structure, as_structure
@@ -150,6 +151,7 @@ class Model:
         # different sizes grew it to 1.5x the budget); without it every call returns its memory, at some speed cost
         self.session = open_session(self.path, self.device, threads, cpu_arena=memory_budget is None)
         info = check_mtsim_metadata(session_info(self.path, self.session))
+        verify_weights(self.path, info.metadata)
         self.metadata = info.metadata
         self.cutoff = info.cutoff
         self.precision = info.precision
