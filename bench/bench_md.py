@@ -71,7 +71,7 @@ def main() -> None:
 
             step_times, bare_times = [], []
             for _ in range(args.repeats):  # interleaved: fair under the machine's fluctuating load
-                step_times += per_step(lambda n: sim.run(n, log=log, interval=10), args.steps, 1)
+                step_times += per_step(lambda n: sim.run(n, log=log, interval=10, overwrite=True), args.steps, 1)
                 bare_times += per_step(bare, args.steps, 1)
             step, base = statistics.median(step_times), statistics.median(bare_times)
             print(f"{ensemble:>9} {1e3 * step:9.1f} ({1e3 * min(step_times):.1f}-{1e3 * max(step_times):.1f})"

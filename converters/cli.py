@@ -166,6 +166,7 @@ def info(model: str | None, as_json: bool, reader: str) -> None:
     for line in lines[1:]:
         row("", line)
     row("source checkpoint sha256", meta["source_checkpoint_sha256"])
+    row("weights sha256", meta.get("weights_sha256", "none (not verified: re-export with `mtsim convert`)"))
     row("written by mtsim", meta["mtsim_version"])
     click.echo("metadata")
     for key, value in meta.items():

@@ -37,6 +37,15 @@ SEARCH_MARGIN = 1e-8
 #: Upper bound on the number of bins, per atom; sparse systems get coarser bins.
 MAX_BINS_PER_ATOM = 2
 
+#: At most this many periodic images of the cell may lie within the cutoff (the product over periodic directions of
+#: ``2 ceil(cutoff / height) + 1``); a smaller cell is refused (a 0.005 Å cell with a 5 Å cutoff has 8e9).
+MAX_IMAGES = 1_000_000
+
+#: Atoms may lie at most this many cells away from the cell along a periodic direction (further out, float64
+#: positions lose the precision of the distances), and at most this many Å along a non-periodic one.
+MAX_CELLS_AWAY = 1e6
+MAX_COORDINATE = 1e8
+
 #: Sort keys (see :class:`BinGrid`) are non-negative int64.
 _KEY_BITS = 62
 
@@ -172,6 +181,7 @@ def bin_grid(pbc, box, heights, frac_min, frac_max, cutoff: float, n_atoms: int)
     """
     frac_min = np.asarray(frac_min, np.float64)
     frac_max = np.asarray(frac_max, np.float64)
+    check_extent(pbc, heights, frac_min, frac_max, cutoff)
     length_scale = cutoff + np.sum((np.maximum(np.abs(frac_min), np.abs(frac_max)) + 1.0) * np.linalg.norm(box, axis=1))
     search_radius = cutoff + SEARCH_MARGIN * length_scale
 
@@ -199,6 +209,26 @@ def bin_grid(pbc, box, heights, frac_min, frac_max, cutoff: float, n_atoms: int)
         origin.astype(np.float64), bins_per_unit.astype(np.float64), n_bins, reach, shift_min, shift_bits,
         float(search_radius), max(0.0, 2.0 * cutoff - search_radius),
     )  # fmt: skip
+
+
+def check_extent(pbc, heights, frac_min, frac_max, cutoff: float) -> None:
+    """Raise ``ValueError`` if the cell is so thin that more than :data:`MAX_IMAGES` periodic images lie within the
+    cutoff, or an atom lies more than :data:`MAX_CELLS_AWAY` cells (periodic directions) or :data:`MAX_COORDINATE`
+    Å (non-periodic ones) away."""
+    images_per_direction = np.where(pbc, 2 * np.ceil(cutoff / heights) + 1, 1)
+    if np.prod(images_per_direction) > MAX_IMAGES:
+        raise ValueError(f"cell too small for the cutoff {cutoff:g} Å: its heights {np.round(heights, 6).tolist()} Å "
+                         f"put {np.prod(images_per_direction):.3g} periodic images within the cutoff (at most "
+                         f"{MAX_IMAGES:g}); check the cell's units and size")
+    far = np.maximum(np.abs(frac_min), np.abs(frac_max))
+    bound = np.where(pbc, MAX_CELLS_AWAY, MAX_COORDINATE)
+    if np.any(far > bound):
+        k = int(np.argmax(far / bound))
+        where = (f"{far[k]:.3g} cells away from the cell along lattice vector {k} (at most {MAX_CELLS_AWAY:g})"
+                 if pbc[k] else f"{far[k]:.3g} Å from the origin along non-periodic direction {k} (at most "
+                 f"{MAX_COORDINATE:g} Å)")
+        advice = "wrap the positions into the cell" if pbc[k] else "check the positions"
+        raise ValueError(f"an atom lies {where}; {advice}")
 
 
 def decode_image(image_key, shift_min, shift_bits):

@@ -76,6 +76,14 @@ def parent_exists(name: str, path) -> None:
         raise ValueError(f"{name}: folder {parent} does not exist (for {path})")
 
 
+def output_file(name: str, path, overwrite: bool = False) -> None:
+    """A file to be written: its folder exists, and it does not exist unless ``overwrite`` (None or an open object:
+    nothing to check). A ``FileExistsError`` names the argument and the file."""
+    parent_exists(name, path)
+    if path is not None and isinstance(path, (str, os.PathLike)) and not overwrite and os.path.exists(path):
+        raise FileExistsError(f"{name}: {path} exists; use --overwrite (overwrite=True) to replace it")
+
+
 def md_arguments(ensemble: str, timestep, steps, temperature, pressure=0.0, field=None) -> None:
     """The arguments of an MD run: ``timestep`` > 0 fs, ``steps`` >= 0, ``temperature`` >= 0 K and > 0 K for a
     Nosé–Hoover thermostat (``THERMOSTATS``), ``pressure`` finite (GPa), ``field`` finite (a vector; callables are not

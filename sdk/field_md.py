@@ -20,13 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from mtsim import md
-from mtsim.checks import integer, md_arguments, non_negative, parent_exists, positive
+from mtsim.checks import integer, md_arguments, non_negative, output_file, positive
 from mtsim.field import cosine
 from mtsim.md import Simulation, make_integrator
 from mtsim.trajectory import open_log, open_trajectory
 from mtsim.units import MV_PER_CM
 
 AXES = {"x": 0, "y": 1, "z": 2}
+PE_LOOP_FILES = ("pe_loop.csv", "pe_loop.png")
+"""The files :func:`write_pe_loop` writes."""
 
 
 def run(model, structure, field, ensemble: str = "nvt-nh", **kwargs):
@@ -100,19 +102,21 @@ def hysteresis_arguments(field_max, period, cycles, temperature, timestep, ensem
 def hysteresis(model, structure, field_max: float, period: float, cycles: int = 5, temperature: float = 300.0,
                axis: str = "z", timestep: float = 2.0, ensemble: str = "nvt-nh", seed=None,
                tdamp: float = 100.0, friction: float = 0.01, equilibration: float = 0.0, points: int | None = None,
-               momenta=None, log=None, trajectory=None, interval: int = 10, hooks=()) -> HysteresisResult:
+               momenta=None, log=None, trajectory=None, interval: int = 10, hooks=(),
+               overwrite: bool = False) -> HysteresisResult:
     """Drive a structure with E(t) = field_max cos(2π t/period) along ``axis`` and average P(E) over ``cycles``.
 
     ``field_max`` V/Å (paper: 4 MV/cm = 0.04 V/Å); ``period`` fs (paper: 200 ps), rounded to whole time steps;
     ``timestep`` fs; ``temperature`` K with ``ensemble`` ``"nvt-nh"`` (paper) or ``"nvt-langevin"``/``"nve"``;
     ``equilibration`` fs at zero field before the first cycle; ``points``: phase bins of the returned loop
-    (default: one per step, at most 200). ``log``/``trajectory``/``interval``/``hooks`` as ``Simulation.run``.
+    (default: one per step, at most 200). ``log``/``trajectory``/``interval``/``hooks``/``overwrite`` as
+    ``Simulation.run``.
     """
     if axis not in AXES:
         raise ValueError(f"axis must be one of {tuple(AXES)}, got {axis!r}")
     hysteresis_arguments(field_max, period, cycles, temperature, timestep, ensemble, equilibration)
-    parent_exists("log", log)
-    parent_exists("trajectory", trajectory)
+    output_file("log", log, overwrite)
+    output_file("trajectory", trajectory, overwrite)
     steps_per_cycle = int(round(period / timestep))
     if steps_per_cycle < 4:
         raise ValueError(f"period {period} fs is shorter than 4 time steps of {timestep} fs")
@@ -135,7 +139,7 @@ def hysteresis(model, structure, field_max: float, period: float, cycles: int = 
         fields.append(s.state.field[k])
         pols.append(s.state.polarization[k])
 
-    with open_log(log) as logger, open_trajectory(trajectory) as writer:
+    with open_log(log, overwrite) as logger, open_trajectory(trajectory, overwrite) as writer:
         if equilibration_steps:
             sim.run(equilibration_steps, log=logger, trajectory=writer, interval=interval, hooks=hooks)
         sample(sim)
@@ -153,9 +157,10 @@ def hysteresis(model, structure, field_max: float, period: float, cycles: int = 
                             period=period, cycles=cycles, times=times, field_trace=fields, polarization_trace=pols)
 
 
-def write_pe_loop(result: HysteresisResult, directory: str | os.PathLike) -> tuple[Path, Path]:
+def write_pe_loop(result: HysteresisResult, directory: str | os.PathLike,
+                  overwrite: bool = False) -> tuple[Path, Path]:
     """Write ``pe_loop.csv`` (field_MV_cm, polarization_uC_cm2; the loop closed by repeating its first point) and
-    ``pe_loop.png`` into ``directory``; returns both paths."""
+    ``pe_loop.png`` into ``directory`` (existing ones only with ``overwrite``); returns both paths."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -163,7 +168,9 @@ def write_pe_loop(result: HysteresisResult, directory: str | os.PathLike) -> tup
     directory.mkdir(parents=True, exist_ok=True)
     e = np.append(result.field_MV_cm, result.field_MV_cm[0])
     p = np.append(result.polarization, result.polarization[0])
-    csv_path, png_path = directory / "pe_loop.csv", directory / "pe_loop.png"
+    csv_path, png_path = (directory / name for name in PE_LOOP_FILES)
+    for path in (csv_path, png_path):
+        output_file("directory", path, overwrite)
     with open(csv_path, "w") as handle:
         handle.write("field_MV_cm,polarization_uC_cm2\n")
         for x, y in zip(e, p):

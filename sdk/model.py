@@ -21,11 +21,14 @@ from mtsim.graph import build_graph, merge_graphs, slot_count
 from mtsim.kernels import cuda_available
 from mtsim.onnx_format import (
     INPUT_NAMES,
+    INPUT_SHAPES,
+    INTEGER_INPUTS,
     OUTPUT_NAMES,
     OUTPUT_SHAPES,
     OnnxFileNotFoundError,
     check_mtsim_metadata,
     session_info,
+    verify_weights,
 )
 from mtsim.session import open_session
 from mtsim.structure import Structure, as_structure
@@ -148,6 +151,7 @@ class Model:
         # different sizes grew it to 1.5x the budget); without it every call returns its memory, at some speed cost
         self.session = open_session(self.path, self.device, threads, cpu_arena=memory_budget is None)
         info = check_mtsim_metadata(session_info(self.path, self.session))
+        verify_weights(self.path, info.metadata)
         self.metadata = info.metadata
         self.cutoff = info.cutoff
         self.precision = info.precision
@@ -165,10 +169,11 @@ class Model:
         check_elements(numbers, self.elements)
 
     def evaluate(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the graph on prebuilt inputs (``mtsim.graph.build_graph`` layout); returns the raw batched outputs."""
-        for name in ("positions", "cell", "shifts"):
-            if inputs[name].dtype != self.dtype:
-                raise ValueError(f"input {name!r} is {inputs[name].dtype}, but this model file is {self.precision}")
+        """Run the graph on prebuilt inputs (``mtsim.graph.build_graph`` layout); returns the raw batched outputs.
+
+        The inputs are checked first (:func:`check_inputs`): :class:`InputTypeError` or :class:`InputError` naming
+        the input; nothing is converted."""
+        check_inputs(inputs, self.dtype, self.elements)
         feeds = {name: inputs[name] for name in INPUT_NAMES}
         if self.io_binding:
             return self._evaluate_bound(feeds)
@@ -244,6 +249,63 @@ CPU_SLOT_BUDGET = 4096
 slower per slot, padding included (measured in ``bench/README.md``, "Lists of structures")."""
 BYTES_PER_SLOT_CHANNEL_MODULE = 3.1
 """Peak memory per edge slot, channel, attention module and byte of float (onnxruntime CPU, measured)."""
+
+
+class InputError(ValueError):
+    """An input of ``Model.evaluate`` is missing, of the wrong shape, or out of range."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An input of ``Model.evaluate`` is not a numpy array of the contract's type (int64, or the model's float
+    precision: nothing is down- or up-cast in silence)."""
+
+
+def check_inputs(inputs: dict[str, np.ndarray], dtype: np.dtype, elements: Sequence[int]) -> None:
+    """Check model inputs against the contract (``mtsim.onnx_format``): every name of ``INPUT_NAMES`` a numpy
+    array, int64 or of ``dtype``; shapes ``INPUT_SHAPES`` with consistent n, b, e; atomic numbers in ``elements``;
+    ``batch`` sorted, in 0..b-1; edge indices in 0..n-1; slots in 0..e (e: padding); positions, cell and shifts
+    finite. O(n + e) numpy."""
+    missing = [name for name in INPUT_NAMES if name not in inputs]
+    if missing:
+        raise InputError(f"missing input(s) {missing}; expected {list(INPUT_NAMES)}")
+    sizes: dict[str, int] = {}
+    for name in INPUT_NAMES:
+        value = inputs[name]
+        expected = np.dtype(np.int64) if name in INTEGER_INPUTS else np.dtype(dtype)
+        if not isinstance(value, np.ndarray):
+            raise InputTypeError(f"input {name!r} must be a numpy array of {expected}, got {type(value).__name__}")
+        if value.dtype != expected:
+            owner = "the mtsim ONNX contract" if name in INTEGER_INPUTS else "this model file"
+            raise InputTypeError(f"input {name!r} is {value.dtype}, but {owner} is {expected}")
+        shape = INPUT_SHAPES[name]
+        if value.ndim != len(shape):
+            raise InputError(f"input {name!r} must have shape {shape}, got {value.shape}")
+        for dim, size in zip(shape, value.shape):
+            if isinstance(dim, int) and size != dim or sizes.setdefault(str(dim), size) != size:
+                raise InputError(f"input {name!r} has shape {value.shape}, expected {shape} with n = "
+                                 f"{sizes.get('n')}, b = {sizes.get('b')}, e = {sizes.get('e')}")
+    n, b, e = sizes["n"], sizes["b"], sizes["e"]
+    for name in ("positions", "cell", "shifts"):
+        if not np.isfinite(inputs[name]).all():
+            raise InputError(f"input {name!r} contains NaN or inf")
+    numbers = inputs["numbers"]
+    if n:
+        low, high = int(numbers.min()), int(numbers.max())
+        if low < 1 or high > 94:
+            raise InputError(f"input 'numbers' holds atomic number {low if low < 1 else high}; expected 1..94")
+        check_elements(numbers, elements)
+        batch = inputs["batch"]
+        if batch[0] < 0 or batch[-1] >= b or np.any(np.diff(batch) < 0):
+            raise InputError(f"input 'batch' must be sorted structure indices in 0..{b - 1}")
+    edges = inputs["edge_index"]
+    if e and (edges.min() < 0 or edges.max() >= n):
+        raise InputError(f"input 'edge_index' holds atom index {edges.min() if edges.min() < 0 else edges.max()}; "
+                         f"expected 0..{n - 1}")
+    for name in ("receiver_slots", "sender_slots"):
+        slots = inputs[name]
+        if slots.size and (slots.min() < 0 or slots.max() > e):
+            raise InputError(f"input {name!r} holds edge index {slots.min() if slots.min() < 0 else slots.max()}; "
+                             f"expected 0..{e} ({e}: padding)")
 
 
 def check_elements(numbers: np.ndarray, elements: Sequence[int]) -> None:

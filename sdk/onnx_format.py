@@ -79,7 +79,11 @@ OPTIONAL_KEYS = {
                          "(absent: not recorded)",
     KEY_SESSION_OPTIONS: "JSON: onnxruntime SessionOptions per device (cpu, cuda) the graph needs (absent: "
                          "SESSION_OPTIONS)",
+    "weights_sha256": "sha256 of the weights (every initializer's data bytes in graph order, ``weights_sha256()``), "
+                      "verified by mtsim.load (absent: older files, loaded with a warning)",
 }
+KEY_WEIGHTS_SHA256 = "weights_sha256"
+"""The metadata key of the weights' checksum."""
 
 SESSION_OPTIONS = {"cpu": {"enable_mem_pattern": False, "execution_order": "PRIORITY_BASED"}}
 """What onnxruntime must be told to run the exported graph well, per device (``cpu``, ``cuda``): ``SessionOptions``
@@ -124,6 +128,11 @@ class NotMtsimOnnxError(OnnxFormatError):
 
 class UnsupportedFormatVersionError(OnnxFormatError):
     """An mtsim ONNX file of a format version this mtsim cannot read."""
+
+
+class CorruptWeightsError(OnnxFormatError):
+    """The weights of a model file do not match the checksum it carries (``weights_sha256``): the file was
+    damaged after it was written."""
 
 
 @dataclass
@@ -226,6 +235,100 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 _METADATA_PROPS = 14
 """Field number of ``ModelProto.metadata_props`` (entries: key = 1, value = 2)."""
+_GRAPH, _INITIALIZER, _DATA_LOCATION = 7, 5, 14
+"""Field numbers of ``ModelProto.graph``, ``GraphProto.initializer`` and ``TensorProto.data_location``."""
+_TENSOR_DATA = (4, 5, 7, 9, 10, 11)
+"""Field numbers of the data of a ``TensorProto``: float_data, int32_data, int64_data, raw_data, double_data,
+uint64_data."""
+
+
+def _fields(data: memoryview, start: int, end: int):
+    """The fields of the protobuf message ``data[start:end]``: (number, wire type, value start, value end); for
+    length-delimited fields the value is the payload."""
+    position = start
+    while position < end:
+        key, position = _varint_at(data, position)
+        field, wire = divmod(key, 8)
+        if wire == 0:
+            _, after = _varint_at(data, position)
+        elif wire in (1, 5):
+            after = position + (8 if wire == 1 else 4)
+        elif wire == 2:
+            length, position = _varint_at(data, position)
+            after = position + length
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        if after > end:
+            raise ValueError("a field runs past the end of its message")
+        yield field, wire, position, after
+        position = after
+
+
+def _varint_at(data: memoryview, position: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if position >= len(data):
+            raise ValueError("the file ends inside a number")
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+        if shift > 63:
+            raise ValueError("a number longer than 64 bits")
+
+
+def weights_sha256(source: str | os.PathLike | bytes) -> str:
+    """sha256 (hex) of a model's weights: the data bytes (as stored: ``raw_data`` or the packed typed fields) of
+    every initializer of the main graph, in graph order. ``source``: a file path or the serialized model. Reads the
+    protobuf directly (neither onnx nor onnxruntime). Raises ``CorruptOnnxError`` for unreadable data and
+    ``NotMtsimOnnxError`` for weights stored outside the file (external data)."""
+    import hashlib
+
+    path = "the model" if isinstance(source, bytes) else os.fspath(source)
+    if not isinstance(source, bytes):
+        with open(source, "rb") as file:
+            source = file.read()
+    data, digest = memoryview(source), hashlib.sha256()
+    try:
+        for field, wire, start, end in _fields(data, 0, len(data)):
+            if field != _GRAPH or wire != 2:
+                continue
+            for g_field, g_wire, g_start, g_end in _fields(data, start, end):
+                if g_field != _INITIALIZER or g_wire != 2:
+                    continue
+                for t_field, _, t_start, t_end in _fields(data, g_start, g_end):
+                    if t_field == _DATA_LOCATION and data[t_start] == 1:
+                        raise NotMtsimOnnxError(f"{path} keeps its weights in an external file; their checksum "
+                                                "is not verified")
+                    if t_field in _TENSOR_DATA:
+                        digest.update(data[t_start:t_end])
+    except ValueError as err:
+        raise CorruptOnnxError(f"{path} is not a readable ONNX model (corrupt or truncated): {err}") from None
+    return digest.hexdigest()
+
+
+def verify_weights(path: str | os.PathLike, metadata: dict[str, str]) -> bool:
+    """Check the file's weights against its ``weights_sha256`` metadata: ``CorruptWeightsError`` if they differ;
+    False (and a warning) for a file without the key or with external weights, True when verified."""
+    import warnings
+
+    expected = metadata.get(KEY_WEIGHTS_SHA256)
+    if expected is None:
+        warnings.warn(f"{path} carries no {KEY_WEIGHTS_SHA256}: its weights cannot be verified (re-export it with "
+                      "`mtsim convert`)", UserWarning, stacklevel=3)
+        return False
+    try:
+        found = weights_sha256(path)
+    except NotMtsimOnnxError as err:
+        warnings.warn(str(err), UserWarning, stacklevel=3)
+        return False
+    if found != expected:
+        raise CorruptWeightsError(f"{path}: the weights do not match the file's checksum ({KEY_WEIGHTS_SHA256} "
+                                  f"{expected[:16]}..., found {found[:16]}...): the file is damaged; download or "
+                                  "export it again")
+    return True
 
 
 def _varint(stream) -> int:

@@ -22,14 +22,28 @@ LOG_COLUMNS = ("step", "time_fs", "temperature_K", "potential_energy_eV", "kinet
                "pressure_GPa", "polarization_x_uC_cm2", "polarization_y_uC_cm2", "polarization_z_uC_cm2")
 
 
-class CSVLog:
-    """One row per call of :meth:`write` (a :class:`mtsim.md.Simulation`), columns :data:`LOG_COLUMNS`."""
+def open_output(path: str | os.PathLike, overwrite: bool = False, append: bool = False, **kwargs):
+    """Open an output file for writing: a new file; an existing one only with ``overwrite`` (replaced) or
+    ``append`` (continued), else a ``FileExistsError`` naming it."""
+    if append:
+        return open(path, "a", **kwargs)
+    if not overwrite and os.path.exists(path):
+        raise FileExistsError(f"{path} exists; pass overwrite=True (mtsim: --overwrite) to replace it")
+    return open(path, "w", **kwargs)
 
-    def __init__(self, path: str | os.PathLike):
+
+class CSVLog:
+    """One row per call of :meth:`write` (a :class:`mtsim.md.Simulation`), columns :data:`LOG_COLUMNS`.
+
+    An existing file is replaced only with ``overwrite``; with ``append`` rows are added to it (the header is
+    written only if it is empty)."""
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False, append: bool = False):
         self.path = path
-        self.handle = open(path, "w", newline="")
+        self.handle = open_output(path, overwrite, append, newline="")
         self.writer = csv.writer(self.handle)
-        self.writer.writerow(LOG_COLUMNS)
+        if self.handle.tell() == 0:
+            self.writer.writerow(LOG_COLUMNS)
         self.last_step = None
 
     def write(self, sim) -> None:
@@ -68,11 +82,12 @@ def frame(state):
 
 
 class TrajectoryWriter:
-    """Append frames of :class:`mtsim.md.MDState` to an extxyz file."""
+    """Append frames of :class:`mtsim.md.MDState` to an extxyz file (an existing one only with ``overwrite``:
+    replaced, or ``append``: continued)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False, append: bool = False):
         self.path = path
-        self.handle = open(path, "w")
+        self.handle = open_output(path, overwrite, append)
         self.frames = 0
         self.last_step = None
 
@@ -93,25 +108,25 @@ class TrajectoryWriter:
 
 
 @contextlib.contextmanager
-def _opened(target, cls):
+def _opened(target, cls, overwrite, append):
     if target is None or not isinstance(target, (str, os.PathLike)):
         yield target  # None, or an object the caller owns
         return
-    obj = cls(target)
+    obj = cls(target, overwrite=overwrite, append=append)
     try:
         yield obj
     finally:
         obj.close()
 
 
-def open_log(target):
-    """Context manager: None -> None, a path -> a new :class:`CSVLog` closed on exit, an object -> itself."""
-    return _opened(target, CSVLog)
+def open_log(target, overwrite: bool = False, append: bool = False):
+    """Context manager: None -> None, a path -> a :class:`CSVLog` closed on exit, an object -> itself."""
+    return _opened(target, CSVLog, overwrite, append)
 
 
-def open_trajectory(target):
-    """Context manager: None -> None, a path -> a new :class:`TrajectoryWriter` closed on exit, an object -> itself."""
-    return _opened(target, TrajectoryWriter)
+def open_trajectory(target, overwrite: bool = False, append: bool = False):
+    """Context manager: None -> None, a path -> a :class:`TrajectoryWriter` closed on exit, an object -> itself."""
+    return _opened(target, TrajectoryWriter, overwrite, append)
 
 
 def read_log(path: str | os.PathLike) -> dict[str, np.ndarray]:

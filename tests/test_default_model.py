@@ -123,3 +123,42 @@ def test_training_data_summary_of_a_two_stage_record_and_of_plain_text():
     assert lines[3] == "stage 2: energy/forces 5, charges 0" and lines[4] == "  files: b.xyz"
     assert lines[5] == "stage 2 description: second run"
     assert describe_training_data("untrained / none") == ["untrained / none"]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_shipped_weights_checksum_is_verified(precision, tmp_path):
+    """The shipped files carry weights_sha256 and load; one flipped exponent bit in a weight raises
+    CorruptWeightsError (it loaded and predicted forces of 1e284 eV/Å before); a file without the key loads with a
+    warning; ``mtsim info`` shows the checksum."""
+    import onnx
+    from click.testing import CliRunner
+
+    from mtsim.cli import main as cli_main
+    from mtsim.onnx_format import CorruptWeightsError, ModelFileError, weights_sha256
+
+    path = MODELS_DIR / f"{DEFAULT_MODEL}.{precision}.onnx"
+    model = mtsim.load(path)
+    assert model.metadata["weights_sha256"] == weights_sha256(path)
+    proto = onnx.load(path)
+    assert weights_sha256(path) == __import__("hashlib").sha256(
+        b"".join(init.raw_data for init in proto.graph.initializer)).hexdigest()
+    data = bytearray(path.read_bytes())
+    weight = max(proto.graph.initializer, key=lambda init: len(init.raw_data)).raw_data
+    offset = bytes(data).find(weight)
+    itemsize = np.dtype(precision).itemsize
+    data[offset + itemsize - 1] ^= 0x40  # the highest exponent bit of the first value (little-endian)
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(CorruptWeightsError, match="do not match the file's checksum"):
+        mtsim.load(corrupt)
+    assert issubclass(CorruptWeightsError, ModelFileError)
+    for entry in proto.metadata_props:
+        if entry.key == "weights_sha256":
+            proto.metadata_props.remove(entry)
+            break
+    older = tmp_path / "older.onnx"
+    onnx.save(proto, older)
+    with pytest.warns(UserWarning, match="no weights_sha256"):
+        mtsim.load(older)
+    result = CliRunner().invoke(cli_main, ["info", str(path)])
+    assert result.exit_code == 0 and f"weights sha256             {weights_sha256(path)}" in result.output

@@ -235,6 +235,16 @@ def test_cli_hysteresis(monkeypatch, tmp_path):
     assert fields.max() == pytest.approx(4.0) and fields.min() == pytest.approx(-4.0)
     assert (out / "pe_loop.png").stat().st_size > 1000
     assert (out / "md_log.csv").is_file()
+    # the same output folder again: refused before the model loads (the files were overwritten before), unless
+    # --overwrite
+    args = ["hysteresis", str(structure), "--field-max", "4", "--period", "0.04", "--cycles", "1", "--output",
+            str(out), "--seed", "3"]
+    before = (out / "pe_loop.csv").read_bytes()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2 and "md_log.csv exists" in again.output and "--overwrite" in again.output
+    assert (out / "pe_loop.csv").read_bytes() == before
+    assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
+    assert (out / "pe_loop.csv").read_bytes() != before
 
 
 def test_hysteresis_arguments_are_checked_first(monkeypatch, tmp_path):

@@ -236,6 +236,24 @@ def test_bad_input_raises(positions, cell, pbc, cutoff, message):
         neighbor_list(np.asarray(positions), cell, pbc, cutoff)
 
 
+@pytest.mark.parametrize(
+    "positions, cell, pbc, message",
+    [
+        ([[0.0, 0.0, 0.0]], np.eye(3) * 0.005, True, r"cell too small for the cutoff .*e\+(09|10) periodic images"),
+        ([[0.0, 0.0, 0.0]], np.diag([3.0, 3.0, 1e-6]), [False, False, True], "cell too small"),
+        ([[0.0, 0.0, 0.0], [3e12, 0.0, 0.0]], np.eye(3) * 3.0, True, "1e\\+12 cells away .* lattice vector 0"),
+        ([[0.0, 0.0, 0.0], [0.0, 0.0, -3e12]], np.eye(3) * 3.0, [True, True, False], "3e\\+12 Å .* direction 2"),
+    ],
+)
+def test_absurd_cells_and_far_atoms_raise(positions, cell, pbc, message):
+    """A cell far smaller than the cutoff and atoms 10^12 cells away: a ValueError naming the problem (numba's
+    MemoryError or SystemError before)."""
+    with pytest.raises(ValueError, match=message):
+        neighbor_list(np.asarray(positions), cell, pbc, 5.0)
+    with pytest.raises(ValueError, match=message):
+        NeighborList(5.0, 0.5).update(np.asarray(positions), cell, pbc)
+
+
 def test_singular_cell_only_matters_along_periodic_directions():
     cell = np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 0.0]])
     i, _, S = neighbor_list([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]], cell, [True, True, False], 3.5, False)

@@ -420,3 +420,39 @@ def test_split_outputs_gives_each_structure_its_rows():
         start += n
     with pytest.raises(ValueError, match="6 atoms.*adds up to 5"):
         split_outputs(out, (2, 3))
+
+
+def test_evaluate_checks_its_inputs(sdk_model):
+    """Wrong dtypes, shapes and ranges of Model.evaluate's inputs: a named error naming the input (onnxruntime's
+    InvalidArgument, or silence for atomic number -1, before); nothing is cast."""
+    from mtsim.graph import build_graph
+    from mtsim.model import InputError, InputTypeError
+
+    good = build_graph([bulk("Cu", cubic=True), bulk("Al")], 5.0, dtype=np.float64)
+    sdk_model.evaluate(good)
+
+    def changed(**values):
+        return {**good, **values}
+
+    n, e = len(good["numbers"]), good["edge_index"].shape[1]
+    cases = [
+        (changed(numbers=good["numbers"].astype(np.int32)), InputTypeError, "'numbers' is int32, but the mtsim ONNX"),
+        (changed(positions=good["positions"].astype(np.float32)), InputTypeError, "'positions' is float32"),
+        (changed(shifts=good["shifts"].tolist()), InputTypeError, "'shifts' must be a numpy array"),
+        (changed(positions=good["positions"][:, :2].copy()), InputError, r"'positions' has shape \(5, 2\)"),
+        (changed(cell=good["cell"][0]), InputError, "'cell' must have shape"),
+        (changed(batch=good["batch"][:-1]), InputError, "'batch' has shape"),
+        (changed(numbers=np.where(np.arange(n) == 1, -1, good["numbers"])), InputError, "atomic number -1"),
+        (changed(numbers=np.full(n, 95)), InputError, "atomic number 95"),
+        (changed(batch=good["batch"][::-1].copy()), InputError, "'batch' must be sorted"),
+        (changed(edge_index=np.where(np.arange(e) == 3, n, good["edge_index"])), InputError,
+         f"'edge_index' holds atom index {n}"),
+        (changed(receiver_slots=np.where(np.arange(n)[:, None] == 0, e + 1, good["receiver_slots"])), InputError,
+         f"'receiver_slots' holds edge index {e + 1}"),
+        (changed(positions=np.where(np.arange(n)[:, None] == 0, np.nan, good["positions"])), InputError, "NaN"),
+        ({k: v for k, v in good.items() if k != "shifts"}, InputError, r"missing input\(s\) \['shifts'\]"),
+    ]
+    for inputs, error, message in cases:
+        with pytest.raises(error, match=message):
+            sdk_model.evaluate(inputs)
+    assert issubclass(InputTypeError, TypeError) and issubclass(InputError, ValueError)

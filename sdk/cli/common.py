@@ -41,12 +41,13 @@ def read_frames(path) -> list:
 
 
 def check_arguments(*checks) -> None:
-    """Run ``(function, name, value, ...)`` checks of ``mtsim.checks`` (or any callable raising ``ValueError``)
-    before anything loads; the first failure is a usage error (exit 2) naming the option."""
+    """Run ``(function, name, value, ...)`` checks of ``mtsim.checks`` (or any callable raising ``ValueError`` or,
+    for an output file that exists, ``FileExistsError``) before anything loads; the first failure is a usage error
+    (exit 2) naming the option."""
     try:
         for function, *arguments in checks:
             function(*arguments)
-    except ValueError as err:
+    except (ValueError, FileExistsError) as err:
         raise click.UsageError(str(err)) from None
 
 

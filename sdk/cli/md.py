@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mtsim.checks import integer, md_arguments, parent_exists, positive
+from mtsim.checks import integer, md_arguments, output_file, parent_exists, positive
 from mtsim.cli.common import check_arguments, load_model, model_options, read_structure
 from mtsim.progress import progress
 from mtsim.units import GPA, MV_PER_CM
@@ -64,16 +64,40 @@ def write_structure(path, structure, prediction=None, info=None) -> None:
 @click.option("--remove-rule", type=click.Choice(["random", "first", "last", "max-charge", "min-charge", "max-z"]),
               default="random", show_default=True, help="Which atom to remove (random uses --seed).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the final structure.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files (log, trajectory, -o, restart file).")
+@click.option("--restart", "restart", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Continue the run saved in this restart file (bitwise as if never stopped): the state comes from "
+                   "it (STRUCTURE and --seed are not used), --steps more steps are run, log and trajectory are "
+                   "appended to.")
+@click.option("--restart-file", type=click.Path(dir_okay=False), default=None,
+              help="Restart file to write  [default: beside the log, LOG_STEM.restart.npz].")
+@click.option("--restart-interval", type=int, default=1000, show_default=True,
+              help="Steps between restart files (0: only at the end); one is always written at the end.")
+@click.option("--max-temperature", type=float, default=None,
+              help="K: stop when the temperature exceeds this  [default: 10 x max(start T, target T, 300 K)].")
+@click.option("--max-drift", type=float, default=1.0, show_default=True,
+              help="eV/atom: stop when the conserved energy has drifted by more than this since the start.")
 def md(structure, model_path, device, precision, ensemble, temperature, pressure, timestep, steps, seed, field,
        log_path, trajectory, interval, barostat, tdamp, pdamp, friction, remove_element, remove_every, remove_rule,
-       output):
-    """Molecular dynamics of STRUCTURE (any ASE format; the last frame)."""
+       output, overwrite, restart, restart_file, restart_interval, max_temperature, max_drift):
+    """Molecular dynamics of STRUCTURE (any ASE format; the last frame).
+
+    Existing output files are an error unless --overwrite; --restart continues a run: its log and trajectory are
+    appended to, its restart file and -o output replaced."""
     from mtsim.md import MDError, RemoveAtoms, Simulation, make_integrator
 
+    if restart_file is None:
+        stem = Path(log_path or trajectory or "md")
+        restart_file = str(stem.with_name(stem.stem + ".restart.npz"))
+    replace = overwrite or restart is not None
     check_arguments((md_arguments, ensemble, timestep, steps, temperature, pressure, field),
                     (integer, "--interval", interval, 1), (positive, "--tdamp", tdamp), (positive, "--pdamp", pdamp),
-                    (positive, "--friction", friction), (parent_exists, "--log", log_path),
-                    (parent_exists, "--trajectory", trajectory), (parent_exists, "--output", output))
+                    (positive, "--friction", friction), (integer, "--restart-interval", restart_interval, 0),
+                    (positive, "--max-drift", max_drift), (output_file, "--log", log_path, replace),
+                    (output_file, "--trajectory", trajectory, replace), (output_file, "--output", output, replace),
+                    (output_file, "--restart-file", restart_file, replace))
+    if max_temperature is not None:
+        check_arguments((positive, "--max-temperature", max_temperature))
     if remove_every is not None:
         check_arguments((positive, "--remove-every", remove_every))
     atoms = read_structure(structure)
@@ -91,17 +115,16 @@ def md(structure, model_path, device, precision, ensemble, temperature, pressure
         integrator = make_integrator(ensemble, timestep, temperature, pressure, seed=noise_seed, friction=friction,
                                      tdamp=tdamp, pdamp=pdamp, barostat=barostat)
         sim = Simulation(model, atoms, integrator, temperature=temperature, seed=velocity_seed,
-                         field=None if field is None else np.array(field) * MV_PER_CM)
-        start = sim.conserved
+                         field=None if field is None else np.array(field) * MV_PER_CM, restart=restart,
+                         max_temperature=max_temperature, max_drift=max_drift)
         with progress(length=steps, label=f"md {ensemble}") as bar:
             sim.run(steps, log=log_path, trajectory=trajectory, interval=interval,
-                    hooks=[*hooks, lambda _: bar.update(1)])
-    except MDError as err:
-        raise click.ClickException(str(err)) from None
-    except ValueError as err:
+                    hooks=[*hooks, lambda _: bar.update(1)], overwrite=overwrite, restart_file=restart_file,
+                    restart_interval=restart_interval)
+    except (MDError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     state = sim.state
-    drift = (sim.conserved - start) / state.n_atoms
+    drift = (sim.conserved - sim.reference_conserved) / state.n_atoms
     click.echo(f"{state.step} steps, {state.time / 1000:.4g} ps: T = {state.temperature:.2f} K, "
                f"E_pot = {state.energy:.6f} eV, conserved drift = {drift:.3e} eV/atom"
                + (f", P = {state.pressure:.4f} GPa" if state.volume else ""))
@@ -111,6 +134,7 @@ def md(structure, model_path, device, precision, ensemble, temperature, pressure
         click.echo(f"log: {log_path}")
     if trajectory:
         click.echo(f"trajectory: {trajectory}")
+    click.echo(f"restart file: {restart_file}")
     if output:
         write_structure(output, state.to_structure(), state.prediction())
         click.echo(f"final structure: {output}")
@@ -178,16 +202,20 @@ def relax(structure, model_path, device, precision, fmax, cell, pressure, max_st
 @click.option("--seed", type=int, default=None)
 @click.option("--interval", type=int, default=100, show_default=True, help="Steps between log rows.")
 @click.option("--trajectory", type=click.Path(dir_okay=False), default=None, help="extxyz trajectory.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def hysteresis(structure, model_path, device, precision, field_max, period, cycles, temperature, axis, output,
-               timestep, ensemble, tdamp, equilibration, seed, interval, trajectory):
-    """P-E hysteresis loop of STRUCTURE under E(t) = E_max cos(2 pi t / period) along --axis."""
+               timestep, ensemble, tdamp, equilibration, seed, interval, trajectory, overwrite):
+    """P-E hysteresis loop of STRUCTURE under E(t) = E_max cos(2 pi t / period) along --axis (existing output files
+    are an error unless --overwrite)."""
+    from mtsim.field_md import PE_LOOP_FILES, hysteresis_arguments, write_pe_loop
     from mtsim.field_md import hysteresis as run_hysteresis
-    from mtsim.field_md import hysteresis_arguments, write_pe_loop
     from mtsim.md import MDError
 
     check_arguments((hysteresis_arguments, field_max, period, cycles, temperature, timestep, ensemble, equilibration),
                     (integer, "--interval", interval, 1), (positive, "--tdamp", tdamp),
-                    (parent_exists, "--trajectory", trajectory))
+                    (output_file, "--trajectory", trajectory, overwrite),
+                    *[(output_file, "--output", Path(output) / name, overwrite)
+                      for name in ("md_log.csv", *PE_LOOP_FILES) if Path(output).is_dir()])
     atoms = read_structure(structure)
     model = load_model(model_path, device, precision)
     directory = Path(output)
@@ -201,10 +229,10 @@ def hysteresis(structure, model_path, device, precision, field_max, period, cycl
                                     temperature=temperature, axis=axis, timestep=timestep, ensemble=ensemble,
                                     seed=seed, tdamp=tdamp, equilibration=equilibration * FS_PER_PS,
                                     log=directory / "md_log.csv", trajectory=trajectory, interval=interval,
-                                    hooks=[lambda _: bar.update(1)])
+                                    hooks=[lambda _: bar.update(1)], overwrite=overwrite)
         except (MDError, ValueError) as err:
             raise click.ClickException(str(err)) from None
-    csv_path, png_path = write_pe_loop(result, directory)
+    csv_path, png_path = write_pe_loop(result, directory, overwrite=overwrite)
     click.echo(f"remanent polarization P_r = {result.remanent:.4g} uC/cm2, "
                f"coercive field E_c = {result.coercive_MV_cm:.4g} MV/cm")
     click.echo(f"wrote {csv_path}, {png_path} and {directory / 'md_log.csv'}")

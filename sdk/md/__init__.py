@@ -6,6 +6,8 @@
   :func:`make_integrator` for the names in :data:`ENSEMBLES`.
 - :mod:`mtsim.md.simulation` — :class:`Simulation` (the loop, logging, trajectories, hooks), the atom-removal event
   :class:`RemoveAtoms` and the one-call front end :func:`run`.
+- :mod:`mtsim.md.restart` — restart files (:func:`write_restart`, :func:`read_restart`, :class:`RestartError`):
+  ``Simulation(..., restart=FILE)`` continues a run bitwise.
 - The model is evaluated through :class:`mtsim.potential.ModelPotential` (re-exported here with :class:`MDError`).
 
 Units: time in fs, temperature in K, pressure in GPa, electric field in V/Å (everything else ASE's: Å, eV, amu,
@@ -17,12 +19,14 @@ enthalpy term −E·D plus ∫ D·dE (zero at constant field), so it stays conse
 """
 
 from mtsim.md.integrators import ENSEMBLES, NPT, NVE, SUZUKI_YOSHIDA, Langevin, NoseHooverChain, exprel, make_integrator
-from mtsim.md.simulation import Hook, RemoveAtoms, Simulation, run
+from mtsim.md.restart import RestartError, read_restart, write_restart
+from mtsim.md.simulation import MAX_DRIFT, MAX_TEMPERATURE_FACTOR, Hook, RemoveAtoms, Simulation, run
 from mtsim.md.state import MDState, maxwell_boltzmann, wrap_positions, zero_momentum
 from mtsim.potential import DEFAULT_SKIN, MAX_FORCE, MDError, ModelPotential
 
 __all__ = [
-    "DEFAULT_SKIN", "ENSEMBLES", "MAX_FORCE", "NPT", "NVE", "SUZUKI_YOSHIDA", "Hook", "Langevin", "MDError", "MDState",
-    "ModelPotential", "NoseHooverChain", "RemoveAtoms", "Simulation", "exprel", "make_integrator", "maxwell_boltzmann",
-    "run", "wrap_positions", "zero_momentum",
+    "DEFAULT_SKIN", "ENSEMBLES", "MAX_DRIFT", "MAX_FORCE", "MAX_TEMPERATURE_FACTOR", "NPT", "NVE", "SUZUKI_YOSHIDA",
+    "Hook", "Langevin", "MDError", "MDState", "ModelPotential", "NoseHooverChain", "RemoveAtoms", "RestartError",
+    "Simulation", "exprel", "make_integrator", "maxwell_boltzmann", "read_restart", "run", "wrap_positions",
+    "write_restart", "zero_momentum",
 ]

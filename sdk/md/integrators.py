@@ -59,6 +59,14 @@ class NVE:
     def conserved(self, state: MDState) -> float:
         return state.kinetic_energy + state.energy + state.electric_enthalpy + self.extra_energy(state)
 
+    def get_state(self) -> dict:
+        """The integrator's own dynamic variables (thermostat, barostat, noise generator) as plain Python values
+        (JSON-able, floats exact), for a restart file."""
+        return {}
+
+    def set_state(self, saved: dict) -> None:
+        """Restore what :meth:`get_state` returned (after :meth:`init`)."""
+
     def kick(self, state, dt):
         state.momenta += dt * state.forces
 
@@ -96,6 +104,13 @@ class Langevin(NVE):
 
     def extra_energy(self, state):
         return -self.heat
+
+    def get_state(self):
+        return {"heat": self.heat, "rng": self.rng.bit_generator.state}
+
+    def set_state(self, saved):
+        self.heat = float(saved["heat"])
+        self.rng.bit_generator.state = saved["rng"]
 
     def thermalize(self, state):
         kinetic = state.kinetic_energy
@@ -135,6 +150,15 @@ class _Chain:
         self.dof = int(dof)
         self.Q = np.full(self.length, self.kT * self.tdamp**2)
         self.Q[0] *= self.dof
+
+    def get_state(self) -> dict:
+        return {"xi": self.xi.tolist(), "p_xi": self.p_xi.tolist()}
+
+    def set_state(self, saved: dict) -> None:
+        xi, p_xi = np.array(saved["xi"], dtype=float), np.array(saved["p_xi"], dtype=float)
+        if xi.shape != self.xi.shape or p_xi.shape != self.p_xi.shape:
+            raise ValueError(f"the saved thermostat chain has {xi.size} links, this one {self.length}")
+        self.xi, self.p_xi = xi, p_xi
 
     def energy(self) -> float:
         return float(np.sum(0.5 * self.p_xi**2 / self.Q) + self.dof * self.kT * self.xi[0]
@@ -186,6 +210,12 @@ class NoseHooverChain(NVE):
     def extra_energy(self, state):
         return self.chain.energy()
 
+    def get_state(self):
+        return {"chain": self.chain.get_state()}
+
+    def set_state(self, saved):
+        self.chain.set_state(saved["chain"])
+
     def thermostat(self, state):
         state.momenta *= self.chain.half_step(2 * state.kinetic_energy, 0.5 * self.dt)
 
@@ -227,6 +257,15 @@ class NPT(NVE):
 
     def resize(self, state):
         self.chain.set_dof(state.dof)
+
+    def get_state(self):
+        return {"chain": self.chain.get_state(), "cell_chain": self.cell_chain.get_state(), "W": self.W,
+                "p_g": self.p_g.tolist()}
+
+    def set_state(self, saved):
+        self.chain.set_state(saved["chain"])
+        self.cell_chain.set_state(saved["cell_chain"])
+        self.W, self.p_g = float(saved["W"]), np.array(saved["p_g"], dtype=float).reshape(3, 3)
 
     def extra_energy(self, state):
         return (self.chain.energy() + self.cell_chain.energy() + float(np.sum(self.p_g**2)) / (2 * self.W)

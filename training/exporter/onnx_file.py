@@ -22,10 +22,12 @@ from mtsim.onnx_format import (
     KEY_FORMAT,
     KEY_SESSION_OPTIONS,
     KEY_VERSION,
+    KEY_WEIGHTS_SHA256,
     OUTPUT_NAMES,
     PRECISIONS,
     SESSION_OPTIONS,
     UNITS,
+    weights_sha256,
 )
 from mtsim.training.checkpoint import file_sha256, load_checkpoint
 from mtsim.training.exporter.checks import ExportError, check_graph
@@ -140,9 +142,15 @@ def export(model_or_checkpoint, path: str | os.PathLike, precision: str = "float
     proto.producer_name = "mtsim"
     written = export_metadata(model, precision, checkpoint_sha256)
     written.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    weight_bytes = sum(np.prod(init.dims) * (8 if precision == "float64" else 4) for init in proto.graph.initializer)
+    external = weight_bytes > EXTERNAL_DATA_THRESHOLD  # weights beside the file carry no checksum
+    written.pop(KEY_WEIGHTS_SHA256, None)  # computed from the weights below
     del proto.metadata_props[:]
     for key, value in written.items():
         proto.metadata_props.add(key=key, value=value)
+    if not external:
+        proto.metadata_props.add(key=KEY_WEIGHTS_SHA256, value=weights_sha256(proto.SerializeToString()))
+        written[KEY_WEIGHTS_SHA256] = proto.metadata_props[-1].value
     check_graph(proto, precision)
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -151,8 +159,7 @@ def export(model_or_checkpoint, path: str | os.PathLike, precision: str = "float
 
     path = os.fspath(path)
     tmp = f"{path}.tmp"
-    weight_bytes = sum(np.prod(init.dims) * (8 if precision == "float64" else 4) for init in proto.graph.initializer)
-    if weight_bytes > EXTERNAL_DATA_THRESHOLD:
+    if external:
         onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                         location=os.path.basename(path) + ".data")
     else:
