@@ -86,6 +86,7 @@ BTO_PAPER_PS = 38.0
 # ============================================================================================ output
 def table(header: list[str], rows: list[list]) -> None:
     """Print ``rows`` under ``header`` in aligned columns (floats with 4 significant digits)."""
+
     def cell(value):
         if isinstance(value, float):
             return "n/a" if math.isnan(value) else f"{value:.4g}"
@@ -160,16 +161,27 @@ def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict
     s_model = np.array([p.stress for p in predictions]) / units.GPa
     m_ref = np.concatenate([a.get_magnetic_moments() for a in frames])
     m_model = np.concatenate([p.magmoms for p in predictions])
-    model_mae = {"energy": 1000 * np.abs(e_model - e_ref).mean(), "forces": np.abs(f_model - f_ref).mean(),
-                 "stress": np.abs(s_model - s_ref).mean(), "magmoms": np.abs(m_model - m_ref).mean()}
-    baseline_mae = {"energy": 1000 * np.abs(e_ref - e_ref.mean()).mean(), "forces": np.abs(f_ref).mean(),
-                    "stress": np.abs(s_ref).mean(), "magmoms": np.abs(m_ref - m_ref.mean()).mean()}
+    model_mae = {
+        "energy": 1000 * np.abs(e_model - e_ref).mean(),
+        "forces": np.abs(f_model - f_ref).mean(),
+        "stress": np.abs(s_model - s_ref).mean(),
+        "magmoms": np.abs(m_model - m_ref).mean(),
+    }
+    baseline_mae = {
+        "energy": 1000 * np.abs(e_ref - e_ref.mean()).mean(),
+        "forces": np.abs(f_ref).mean(),
+        "stress": np.abs(s_ref).mean(),
+        "magmoms": np.abs(m_ref - m_ref.mean()).mean(),
+    }
     e_error = 1000 * np.abs(e_model - e_ref)
     s_error = np.abs(s_model - s_ref).mean(axis=(1, 2))
     ones = np.ones(len(frames))
-    intervals = {"energy": bootstrap_interval(e_error, ones), "forces": bootstrap_interval(
-        *per_structure(f_model - f_ref, n_atoms)), "stress": bootstrap_interval(s_error, ones),
-        "magmoms": bootstrap_interval(*per_structure(m_model - m_ref, n_atoms))}
+    intervals = {
+        "energy": bootstrap_interval(e_error, ones),
+        "forces": bootstrap_interval(*per_structure(f_model - f_ref, n_atoms)),
+        "stress": bootstrap_interval(s_error, ones),
+        "magmoms": bootstrap_interval(*per_structure(m_model - m_ref, n_atoms)),
+    }
     groups = {}  # by the generator's tags (where the structure came from, how it was perturbed), then by pressure
     selections = []
     for key in ("category", "kind") + (("base_in_training",) if train_bases is not None else ()):
@@ -177,38 +189,78 @@ def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict
         selections += [(f"{key}={tag}", tags == tag) for tag in sorted(set(tags))]
     pressure = np.abs(np.trace(s_ref, axis1=1, axis2=2)) / 3
     edges = (0.0, *PRESSURE_EDGES, math.inf)
-    selections += [(f"teacher |p| {lo:g}-{hi:g} GPa", (pressure >= lo) & (pressure < hi))
-                   for lo, hi in zip(edges[:-1], edges[1:])]
+    selections += [
+        (f"teacher |p| {lo:g}-{hi:g} GPa", (pressure >= lo) & (pressure < hi)) for lo, hi in zip(edges[:-1], edges[1:])
+    ]
     for name, chosen in selections:
         if chosen.any():
-            groups[name] = {"structures": int(chosen.sum()), "energy": e_error[chosen].mean(),
-                            "energy_median": float(np.median(e_error[chosen])), "stress": s_error[chosen].mean()}
+            groups[name] = {
+                "structures": int(chosen.sum()),
+                "energy": e_error[chosen].mean(),
+                "energy_median": float(np.median(e_error[chosen])),
+                "stress": s_error[chosen].mean(),
+            }
     order = np.argsort(-e_error)
-    worst = [{"base": str(frames[k].info.get("base", "?")), "kind": str(frames[k].info.get("kind", "?")),
-              "formula": frames[k].get_chemical_formula(), "volume_per_atom": frames[k].get_volume() / n_atoms[k],
-              "energy_error": 1000 * (e_model[k] - e_ref[k])} for k in order[:WORST]]
+    worst = [
+        {
+            "base": str(frames[k].info.get("base", "?")),
+            "kind": str(frames[k].info.get("kind", "?")),
+            "formula": frames[k].get_chemical_formula(),
+            "volume_per_atom": frames[k].get_volume() / n_atoms[k],
+            "energy_error": 1000 * (e_model[k] - e_ref[k]),
+        }
+        for k in order[:WORST]
+    ]
     tenth = max(1, len(frames) // 10)
-    return {"structures": len(frames), "atoms": int(n_atoms.sum()), "mae": model_mae, "interval": intervals,
-            "baseline_mae": baseline_mae, "energy_median": float(np.median(e_error)), "groups": groups, "worst": worst,
-            "worst_tenth_share": float(e_error[order[:tenth]].sum() / e_error.sum())}
+    return {
+        "structures": len(frames),
+        "atoms": int(n_atoms.sum()),
+        "mae": model_mae,
+        "interval": intervals,
+        "baseline_mae": baseline_mae,
+        "energy_median": float(np.median(e_error)),
+        "groups": groups,
+        "worst": worst,
+        "worst_tenth_share": float(e_error[order[:tenth]].sum() / e_error.sum()),
+    }
 
 
 def print_distillation(result: dict) -> None:
-    print(f"\n== 1. Distillation vs the CHGNet teacher: lab_heldout.extxyz, {result['structures']} structures, "
-          f"{result['atoms']} atoms ==")
-    baselines = {"energy": "mean E/atom of the set", "forces": "F = 0", "stress": "stress = 0",
-                 "magmoms": "mean moment of the set"}
-    labels = {"energy": "energy (meV/atom)", "forces": "forces (eV/Å, per component)",
-              "stress": "stress (GPa, per component)", "magmoms": "magmoms (μB)"}
+    print(
+        f"\n== 1. Distillation vs the CHGNet teacher: lab_heldout.extxyz, {result['structures']} structures, "
+        f"{result['atoms']} atoms =="
+    )
+    baselines = {
+        "energy": "mean E/atom of the set",
+        "forces": "F = 0",
+        "stress": "stress = 0",
+        "magmoms": "mean moment of the set",
+    }
+    labels = {
+        "energy": "energy (meV/atom)",
+        "forces": "forces (eV/Å, per component)",
+        "stress": "stress (GPa, per component)",
+        "magmoms": "magmoms (μB)",
+    }
     rows = []
     for key, label in labels.items():
         target = TARGETS.get(key)
-        rows.append([label, result["mae"][key], interval_cell(result["interval"][key]), result["baseline_mae"][key],
-                     baselines[key], "-" if target is None else f"<= {target:g}", verdict(result["mae"][key], target)])
+        rows.append(
+            [
+                label,
+                result["mae"][key],
+                interval_cell(result["interval"][key]),
+                result["baseline_mae"][key],
+                baselines[key],
+                "-" if target is None else f"<= {target:g}",
+                verdict(result["mae"][key], target),
+            ]
+        )
     table(["quantity", "model MAE", "95 % interval", "baseline MAE", "baseline", "target", "result"], rows)
     print(f"\nby group (energy median over all: {result['energy_median']:.4g} meV/atom)")
-    rows = [[name, g["structures"], g["energy"], g["energy_median"], g["stress"]]
-            for name, g in result["groups"].items()]
+    rows = [
+        [name, g["structures"], g["energy"], g["energy_median"], g["stress"]] for name, g in result["groups"].items()
+    ]
     table(["group", "structures", "E MAE (meV/atom)", "E median", "stress MAE (GPa)"], rows)
     share = 100 * result["worst_tenth_share"]
     print(f"\nlargest energy errors (the worst tenth of the structures carries {share:.0f} % of the summed error)")
@@ -226,21 +278,35 @@ def dfpt(model, path: Path) -> dict:
     eps_ref = np.array([np.reshape(a.info["dielectric"], (3, 3)) for a in frames])
     eps_model = np.array([p.dielectric for p in predictions])
     n_atoms, one_each = np.array([len(a) for a in frames]), np.ones(len(frames), int)
-    return {"structures": len(frames), "atoms": len(z_ref),
-            "mae": {"born_charges": np.abs(z_model - z_ref).mean(), "dielectric": np.abs(eps_model - eps_ref).mean()},
-            "interval": {"born_charges": bootstrap_interval(*per_structure(z_model - z_ref, n_atoms)),
-                         "dielectric": bootstrap_interval(*per_structure(eps_model - eps_ref, one_each))},
-            "baseline_mae": {"born_charges": np.abs(z_ref).mean(), "dielectric": np.abs(eps_ref - np.eye(3)).mean()}}
+    return {
+        "structures": len(frames),
+        "atoms": len(z_ref),
+        "mae": {"born_charges": np.abs(z_model - z_ref).mean(), "dielectric": np.abs(eps_model - eps_ref).mean()},
+        "interval": {
+            "born_charges": bootstrap_interval(*per_structure(z_model - z_ref, n_atoms)),
+            "dielectric": bootstrap_interval(*per_structure(eps_model - eps_ref, one_each)),
+        },
+        "baseline_mae": {"born_charges": np.abs(z_ref).mean(), "dielectric": np.abs(eps_ref - np.eye(3)).mean()},
+    }
 
 
 def print_dfpt(result: dict) -> None:
     print(f"\n== 2. DFPT test split: dfpt/test.extxyz, {result['structures']} structures, {result['atoms']} atoms ==")
     labels = {"born_charges": ("Z* (e)", "Z* = 0"), "dielectric": ("eps_inf (-)", "eps = identity")}
-    rows = [[label, result["mae"][key], interval_cell(result["interval"][key]), result["baseline_mae"][key], baseline,
-             PAPER_DFPT[key], f"<= {TARGETS[key]:g}", verdict(result["mae"][key], TARGETS[key])]
-            for key, (label, baseline) in labels.items()]
-    table(["quantity", "model MAE", "95 % interval", "baseline MAE", "baseline", "paper MAE", "target", "result"],
-          rows)
+    rows = [
+        [
+            label,
+            result["mae"][key],
+            interval_cell(result["interval"][key]),
+            result["baseline_mae"][key],
+            baseline,
+            PAPER_DFPT[key],
+            f"<= {TARGETS[key]:g}",
+            verdict(result["mae"][key], TARGETS[key]),
+        ]
+        for key, (label, baseline) in labels.items()
+    ]
+    table(["quantity", "model MAE", "95 % interval", "baseline MAE", "baseline", "paper MAE", "target", "result"], rows)
 
 
 # ============================================================================================ 3. 3C-SiC
@@ -256,16 +322,33 @@ def silicon_carbide(model, supercell) -> dict:
     gamma = phonons.frequencies([0, 0, 0], q_direction=along_x)[0]
     optical = np.sort(gamma[np.argsort(np.abs(gamma))[3:]])  # the 3 acoustic modes are the ones closest to 0
     to, lo = float(optical[0]), float(optical[-1])  # 2 TO, 1 LO
-    return {"relax_converged": result.converged, "relax_steps": result.steps, "a": a,
-            "z_si": float(p.born_charges[silicon, 0, 0]), "eps": float(p.dielectric[0, 0]), "to": to, "lo": lo,
-            "lo_to": lo - to, "gamma_frequencies": gamma, "supercell": list(supercell)}
+    return {
+        "relax_converged": result.converged,
+        "relax_steps": result.steps,
+        "a": a,
+        "z_si": float(p.born_charges[silicon, 0, 0]),
+        "eps": float(p.dielectric[0, 0]),
+        "to": to,
+        "lo": lo,
+        "lo_to": lo - to,
+        "gamma_frequencies": gamma,
+        "supercell": list(supercell),
+    }
 
 
 def print_silicon_carbide(result: dict) -> None:
-    print(f"\n== 3. 3C-SiC: cell relaxation ({result['relax_steps']} FIRE steps, converged "
-          f"{result['relax_converged']}), phonons on {'x'.join(map(str, result['supercell']))} with the model's NAC ==")
-    labels = {"a": "a (Å)", "z_si": "Z*_Si,xx (e)", "eps": "eps_inf,xx (-)", "to": "TO at Gamma (THz)",
-              "lo": "LO at Gamma, q -> 0 along x (THz)", "lo_to": "LO - TO (THz)"}
+    print(
+        f"\n== 3. 3C-SiC: cell relaxation ({result['relax_steps']} FIRE steps, converged "
+        f"{result['relax_converged']}), phonons on {'x'.join(map(str, result['supercell']))} with the model's NAC =="
+    )
+    labels = {
+        "a": "a (Å)",
+        "z_si": "Z*_Si,xx (e)",
+        "eps": "eps_inf,xx (-)",
+        "to": "TO at Gamma (THz)",
+        "lo": "LO at Gamma, q -> 0 along x (THz)",
+        "lo_to": "LO - TO (THz)",
+    }
     rows = [[label, result[key], SIC_EXPERIMENT[key], SIC_PAPER[key]] for key, label in labels.items()]
     table(["quantity", "model", "experiment", "paper (Table S7)"], rows)
 
@@ -273,8 +356,12 @@ def print_silicon_carbide(result: dict) -> None:
 # ============================================================================================ 4. BaTiO3
 def perovskite(repeat) -> Atoms:
     """Cubic BaTiO3, a = 4.0 Å, repeated ``repeat`` times (Ba at the corner, Ti at the body centre)."""
-    cell = Atoms("BaTiO3", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5],
-                                             [0, 0.5, 0.5]], cell=np.eye(3) * 4.0, pbc=True)
+    cell = Atoms(
+        "BaTiO3",
+        scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+        cell=np.eye(3) * 4.0,
+        pbc=True,
+    )
     return cell * tuple(repeat)
 
 
@@ -298,8 +385,13 @@ def barium_titanate(model, repeat, md_fs: float, period_fs: float) -> dict:
     start = cubic.copy()
     start.positions[start.numbers == 22, 2] += 0.1
     p_start = path_polarization(model, cubic, start)
-    out = {"atoms": len(start), "md_fs": md_fs, "period_fs": period_fs, "field_max_MV_cm": FIELD_MAX / MV_PER_CM,
-           "p_start_z": p_start[2]}
+    out = {
+        "atoms": len(start),
+        "md_fs": md_fs,
+        "period_fs": period_fs,
+        "field_max_MV_cm": FIELD_MAX / MV_PER_CM,
+        "p_start_z": p_start[2],
+    }
     clock = time.perf_counter()
     trace, temperatures = [], []
 
@@ -308,19 +400,46 @@ def barium_titanate(model, repeat, md_fs: float, period_fs: float) -> dict:
         temperatures.append(sim.state.temperature)
 
     try:
-        sim = run_md(model, start, "nvt-nh", timestep=TIMESTEP, steps=int(round(md_fs / TIMESTEP)),
-                     temperature=TEMPERATURE, seed=0, hooks=[record])
+        sim = run_md(
+            model,
+            start,
+            "nvt-nh",
+            timestep=TIMESTEP,
+            steps=int(round(md_fs / TIMESTEP)),
+            temperature=TEMPERATURE,
+            seed=0,
+            hooks=[record],
+        )
     except MDError as error:
-        out.update(md_error=str(error), ps_z=math.nan, temperature=math.nan, remanent=math.nan, coercive=math.nan,
-                   md_seconds=time.perf_counter() - clock, hysteresis_seconds=0.0)
+        out.update(
+            md_error=str(error),
+            ps_z=math.nan,
+            temperature=math.nan,
+            remanent=math.nan,
+            coercive=math.nan,
+            md_seconds=time.perf_counter() - clock,
+            hysteresis_seconds=0.0,
+        )
         return out
     half = len(trace) // 2
-    out.update(ps_z=float(np.mean(np.abs(trace[half:]))), temperature=float(np.mean(temperatures[half:])),
-               md_seconds=time.perf_counter() - clock)
+    out.update(
+        ps_z=float(np.mean(np.abs(trace[half:]))),
+        temperature=float(np.mean(temperatures[half:])),
+        md_seconds=time.perf_counter() - clock,
+    )
     clock = time.perf_counter()
     try:
-        loop = field_md.hysteresis(model, sim.state.to_structure(), FIELD_MAX, period_fs, cycles=1,
-                                temperature=TEMPERATURE, timestep=TIMESTEP, seed=1, momenta=sim.state.momenta)
+        loop = field_md.hysteresis(
+            model,
+            sim.state.to_structure(),
+            FIELD_MAX,
+            period_fs,
+            cycles=1,
+            temperature=TEMPERATURE,
+            timestep=TIMESTEP,
+            seed=1,
+            momenta=sim.state.momenta,
+        )
         out.update(remanent=loop.remanent, coercive=loop.coercive_MV_cm)
     except MDError as error:
         out.update(hysteresis_error=str(error), remanent=math.nan, coercive=math.nan)
@@ -329,17 +448,21 @@ def barium_titanate(model, repeat, md_fs: float, period_fs: float) -> dict:
 
 
 def print_barium_titanate(result: dict) -> None:
-    print(f"\n== 4. BaTiO3: {result['atoms']} atoms, NVT {TEMPERATURE:g} K for {result['md_fs']:g} fs "
-          f"({result['md_seconds']:.1f} s), then one P-E cycle of {result['period_fs']:g} fs at "
-          f"{result['field_max_MV_cm']:g} MV/cm ({result['hysteresis_seconds']:.1f} s) ==")
+    print(
+        f"\n== 4. BaTiO3: {result['atoms']} atoms, NVT {TEMPERATURE:g} K for {result['md_fs']:g} fs "
+        f"({result['md_seconds']:.1f} s), then one P-E cycle of {result['period_fs']:g} fs at "
+        f"{result['field_max_MV_cm']:g} MV/cm ({result['hysteresis_seconds']:.1f} s) =="
+    )
     for key in ("md_error", "hysteresis_error"):
         if key in result:
             print(f"{key.replace('_', ' ')}: {result[key]}")
-    rows = [["P_z at the start (Ti +0.1 Å), vs cubic (μC/cm²)", result["p_start_z"], "-"],
-            ["mean |P_z|, second half of the MD (μC/cm²)", result["ps_z"], BTO_PAPER_PS],
-            ["mean temperature, second half (K)", result["temperature"], "-"],
-            ["remanent polarization (μC/cm²)", result["remanent"], "n/a"],
-            ["coercive field (MV/cm)", result["coercive"], "n/a"]]
+    rows = [
+        ["P_z at the start (Ti +0.1 Å), vs cubic (μC/cm²)", result["p_start_z"], "-"],
+        ["mean |P_z|, second half of the MD (μC/cm²)", result["ps_z"], BTO_PAPER_PS],
+        ["mean temperature, second half (K)", result["temperature"], "-"],
+        ["remanent polarization (μC/cm²)", result["remanent"], "n/a"],
+        ["coercive field (MV/cm)", result["coercive"], "n/a"],
+    ]
     table(["quantity", "model", "paper (300 K)"], rows)
 
 
@@ -348,9 +471,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="output folder of build_data.sh")
     parser.add_argument("--model", default=None, help="ONNX model file (default: the bundled model)")
-    parser.add_argument("--train", type=Path, nargs="*", default=None,
-                        help="training extxyz files: also group the held-out structures by whether their base occurs "
-                             "in these")
+    parser.add_argument(
+        "--train",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="training extxyz files: also group the held-out structures by whether their base occurs in these",
+    )
     parser.add_argument("--quick", action="store_true", help="small supercells and short MD (development)")
     parser.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     args = parser.parse_args()
@@ -358,19 +485,36 @@ def main() -> None:
 
     model = mtsim.load(args.model)
     untrained = ", ".join(model.untrained_outputs) or "none"
-    print(f"model: {model.metadata.get('model_name', '?')} ({model.precision}) {model.path}; "
-          f"untrained outputs: {untrained}; mode: {'quick' if args.quick else 'full'}")
-    report = {"model": {"name": model.metadata.get("model_name"), "precision": model.precision,
-                        "path": str(model.path), "untrained_outputs": list(model.untrained_outputs)},
-              "mode": "quick" if args.quick else "full", "settings": settings, "timings_s": {}}
+    print(
+        f"model: {model.metadata.get('model_name', '?')} ({model.precision}) {model.path}; "
+        f"untrained outputs: {untrained}; mode: {'quick' if args.quick else 'full'}"
+    )
+    report = {
+        "model": {
+            "name": model.metadata.get("model_name"),
+            "precision": model.precision,
+            "path": str(model.path),
+            "untrained_outputs": list(model.untrained_outputs),
+        },
+        "mode": "quick" if args.quick else "full",
+        "settings": settings,
+        "timings_s": {},
+    }
     sections = [
-        ("distillation", lambda: distillation(model, args.data / "lab_heldout.extxyz",
-                                              None if args.train is None else training_bases(args.train)),
-         print_distillation),
+        (
+            "distillation",
+            lambda: distillation(
+                model, args.data / "lab_heldout.extxyz", None if args.train is None else training_bases(args.train)
+            ),
+            print_distillation,
+        ),
         ("dfpt", lambda: dfpt(model, args.data / "dfpt" / "test.extxyz"), print_dfpt),
         ("sic", lambda: silicon_carbide(model, settings["phonon_supercell"]), print_silicon_carbide),
-        ("batio3", lambda: barium_titanate(model, settings["bto_supercell"], settings["md_fs"],
-                                           settings["period_fs"]), print_barium_titanate),
+        (
+            "batio3",
+            lambda: barium_titanate(model, settings["bto_supercell"], settings["md_fs"], settings["period_fs"]),
+            print_barium_titanate,
+        ),
     ]
     for name, compute, show in sections:
         start = time.perf_counter()

@@ -33,8 +33,12 @@ def lists() -> dict[str, list]:
         m.center(vacuum=4.0)
     cu = bulk("Cu", "fcc", a=3.61, cubic=True) * (4, 4, 4)
     si = bulk("Si", "diamond", a=5.43, cubic=True)
-    return {"256 x CH4": rattled(methane, 256, 0.02), "64 x H2O": rattled(water, 64, 0.02),
-            "32 x Si64 (rattled)": rattled(si * (2, 2, 2), 32, 0.05), "3 x (Cu256 + Si216)": [cu, si * (3, 3, 3)] * 3}
+    return {
+        "256 x CH4": rattled(methane, 256, 0.02),
+        "64 x H2O": rattled(water, 64, 0.02),
+        "32 x Si64 (rattled)": rattled(si * (2, 2, 2), 32, 0.05),
+        "3 x (Cu256 + Si216)": [cu, si * (3, 3, 3)] * 3,
+    }
 
 
 def best(model, items, repeats: int, **kwargs) -> float:

@@ -74,8 +74,9 @@ def placement(model_path: str) -> None:
         options.profile_file_prefix = os.path.join(folder, "profile")
         options.log_severity_level = 3
         options.enable_mem_reuse = False  # as mtsim.Model does on a GPU
-        session = ort.InferenceSession(model_path, options, providers=[("CUDAExecutionProvider", {"use_tf32": "0"}),
-                                                                       "CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model_path, options, providers=[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+        )
         print(f"onnxruntime {ort.__version__}, session providers {session.get_providers()}")
         graph = build_graph([si_cell(256)], 5.0, dtype=np.float32)
         session.run(None, {i.name: graph[i.name] for i in session.get_inputs()})
@@ -104,8 +105,10 @@ def main() -> None:
     sdk = mtsim.load(args.model, device="cuda", precision="float32")
     checkpoint = args.checkpoint or str(sdk.path).replace(".float32.onnx", ".pt")
     eager = load_checkpoint(checkpoint).to(device="cuda", dtype=torch.float32)
-    print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; model {sdk.path.name}; "
-          f"SDK neighbour list: {sdk.neighbors}")
+    print(
+        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; model {sdk.path.name}; "
+        f"SDK neighbour list: {sdk.neighbors}"
+    )
     try:
         from mtsim.kernels.cuda import neighbor_list_cuda
 
@@ -118,8 +121,10 @@ def main() -> None:
     import onnxruntime as ort
 
     print("\nOne evaluation, every head, float32 (ms: median (min-max)); eager/x > 1: x is faster than eager")
-    print(f"{'atoms':>6} {'edges':>8} {'eager (device)':>22} {'ORT IOBinding (device)':>24} {'SDK from numpy':>22} "
-          f"{'eager/ORT':>9} {'eager/SDK':>9} {'SDK atom-steps/s':>16}")
+    print(
+        f"{'atoms':>6} {'edges':>8} {'eager (device)':>22} {'ORT IOBinding (device)':>24} {'SDK from numpy':>22} "
+        f"{'eager/ORT':>9} {'eager/SDK':>9} {'SDK atom-steps/s':>16}"
+    )
     for n in args.sizes:
         atoms = si_cell(n)
         graph = build_graph([atoms], sdk.cutoff, dtype=np.float32)
@@ -137,8 +142,10 @@ def main() -> None:
         torch.cuda.empty_cache()  # leave the GPU memory to onnxruntime's arena
 
         binding = sdk.session.io_binding()
-        values = {name: ort.OrtValue.ortvalue_from_numpy(graph[name], "cuda", 0)
-                  for name in (i.name for i in sdk.session.get_inputs())}
+        values = {
+            name: ort.OrtValue.ortvalue_from_numpy(graph[name], "cuda", 0)
+            for name in (i.name for i in sdk.session.get_inputs())
+        }
         for name, value in values.items():
             binding.bind_ortvalue_input(name, value)
         for output in sdk.session.get_outputs():
@@ -146,9 +153,11 @@ def main() -> None:
         t_ort = timed(lambda: sdk.session.run_with_iobinding(binding), repeats)
         t_sdk = timed(lambda: sdk.predict(atoms), repeats)
         m_eager, m_ort, m_sdk = (statistics.median(t) for t in (t_eager, t_ort, t_sdk))
-        print(f"{n:>6} {edges:>8} {summary(t_eager):>22} {summary(t_ort):>24} {summary(t_sdk):>22} "
-              f"{m_eager / m_ort:>9.2f} {m_eager / m_sdk:>9.2f} {n / m_sdk:>16,.0f}   "
-              f"(eager peak {eager_peak:.2f} GiB)")
+        print(
+            f"{n:>6} {edges:>8} {summary(t_eager):>22} {summary(t_ort):>24} {summary(t_sdk):>22} "
+            f"{m_eager / m_ort:>9.2f} {m_eager / m_sdk:>9.2f} {n / m_sdk:>16,.0f}   "
+            f"(eager peak {eager_peak:.2f} GiB)"
+        )
 
     if args.md_steps:
         md_table(sdk, args)
@@ -158,8 +167,10 @@ def main() -> None:
 
 def md_table(sdk, args) -> None:
     print(f"\nMD (NVE, 1 fs, skin list; ms per step, median over {args.md_steps} steps after 3 warm-up steps)")
-    print(f"{'atoms':>6} {'MD step':>10} {'bare SDK evaluation':>20} {'step/bare':>10} {'atom-steps/s':>13} "
-          f"{'vs MatterSim 256-atom A100':>27}")
+    print(
+        f"{'atoms':>6} {'MD step':>10} {'bare SDK evaluation':>20} {'step/bare':>10} {'atom-steps/s':>13} "
+        f"{'vs MatterSim 256-atom A100':>27}"
+    )
     for n in args.sizes:
         atoms = si_cell(n)
         state = MDState.from_structure(atoms)
@@ -178,9 +189,10 @@ def md_table(sdk, args) -> None:
         bare = timed(lambda: sdk.evaluate(graph), 5, sync=lambda: None)
         m_step, m_bare = statistics.median(steps), statistics.median(bare)
         reference = 256 / (MATTERSIM_MS_PER_STEP_256 * 1e-3)
-        print(f"{n:>6} {1e3 * m_step:>10.2f} {1e3 * m_bare:>20.2f} {m_step / m_bare:>10.2f} {n / m_step:>13,.0f} "
-              f"{n / m_step / reference:>26.2f}x")
-
+        print(
+            f"{n:>6} {1e3 * m_step:>10.2f} {1e3 * m_bare:>20.2f} {m_step / m_bare:>10.2f} {n / m_step:>13,.0f} "
+            f"{n / m_step / reference:>26.2f}x"
+        )
 
 
 def neighbor_table() -> None:
@@ -197,10 +209,13 @@ def neighbor_table() -> None:
         cell, pbc = np.asarray(atoms.cell), atoms.pbc
         edges = len(neighbor_list(atoms.positions, cell, pbc, 5.0)[0])
         t_cpu = timed(lambda: neighbor_list(atoms.positions, cell, pbc, 5.0), 3, sync=lambda: None)
-        t_gpu = timed(lambda: neighbor_list_cuda(positions, cell, pbc, 5.0, return_device=True), 10,
-                      sync=cuda.synchronize)
-        print(f"{n:>7} {edges:>9} {summary(t_cpu):>20} {summary(t_gpu):>20} "
-              f"{statistics.median(t_cpu) / statistics.median(t_gpu):>9.1f}")
+        t_gpu = timed(
+            lambda: neighbor_list_cuda(positions, cell, pbc, 5.0, return_device=True), 10, sync=cuda.synchronize
+        )
+        print(
+            f"{n:>7} {edges:>9} {summary(t_cpu):>20} {summary(t_gpu):>20} "
+            f"{statistics.median(t_cpu) / statistics.median(t_gpu):>9.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -53,16 +53,20 @@ def main() -> None:
 
         allocator = {k: os.environ.get(k, "unset") for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
         print(f"torch threads {torch.get_num_threads()}, allocator {allocator}")
-        print(f"{'atoms':>6} {'edges':>8} {'SDK median (min-max) s':>26} {'eager median (min-max) s':>28} "
-              f"{'SDK/eager':>10}")
+        print(
+            f"{'atoms':>6} {'edges':>8} {'SDK median (min-max) s':>26} {'eager median (min-max) s':>28} "
+            f"{'SDK/eager':>10}"
+        )
         for n in args.sizes:
             atoms = cell_of(n)
             edges = build_graph([atoms], 5.0)["shifts"].shape[0]
             times, _ = alternating({"sdk": lambda: sdk.predict(atoms), "eager": lambda: eager(atoms)}, args.repeats)
             t_sdk, t_eager = times["sdk"], times["eager"]
             m_sdk, m_eager = statistics.median(t_sdk), statistics.median(t_eager)
-            print(f"{len(atoms):>6} {edges:>8} {m_sdk:>10.3f} ({min(t_sdk):.3f}-{max(t_sdk):.3f}) "
-                  f"{m_eager:>12.3f} ({min(t_eager):.3f}-{max(t_eager):.3f}) {m_sdk / m_eager:>10.2f}")
+            print(
+                f"{len(atoms):>6} {edges:>8} {m_sdk:>10.3f} ({min(t_sdk):.3f}-{max(t_sdk):.3f}) "
+                f"{m_eager:>12.3f} ({min(t_eager):.3f}-{max(t_eager):.3f}) {m_sdk / m_eager:>10.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -53,10 +53,14 @@ def main() -> None:
     model = mtsim.load(args.model, device="cpu")
     atoms = silicon(args.atoms)
     allocator = {k: os.environ.get(k, "unset") for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
-    print(f"model {model.path.name} ({model.precision}), {len(atoms)} Si atoms, {args.steps} steps x "
-          f"{args.repeats} repeats, allocator {allocator}")
-    print(f"{'ensemble':>9} {'step median (min-max) ms':>26} {'bare median (min-max) ms':>26} {'step/bare':>10} "
-          f"{'builds':>9}")
+    print(
+        f"model {model.path.name} ({model.precision}), {len(atoms)} Si atoms, {args.steps} steps x "
+        f"{args.repeats} repeats, allocator {allocator}"
+    )
+    print(
+        f"{'ensemble':>9} {'step median (min-max) ms':>26} {'bare median (min-max) ms':>26} {'step/bare':>10} "
+        f"{'builds':>9}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         for ensemble in ("nve", "nvt-nh"):
             sim = Simulation(model, atoms, make_integrator(ensemble, 1.0, 300.0), temperature=300.0, seed=0)
@@ -74,9 +78,11 @@ def main() -> None:
                 step_times += per_step(lambda n: sim.run(n, log=log, interval=10, overwrite=True), args.steps, 1)
                 bare_times += per_step(bare, args.steps, 1)
             step, base = statistics.median(step_times), statistics.median(bare_times)
-            print(f"{ensemble:>9} {1e3 * step:9.1f} ({1e3 * min(step_times):.1f}-{1e3 * max(step_times):.1f})"
-                  f"{'':>6} {1e3 * base:9.1f} ({1e3 * min(bare_times):.1f}-{1e3 * max(bare_times):.1f}){'':>6} "
-                  f"{step / base:10.3f} {sim.potential.neighbors.n_builds:9d}")
+            print(
+                f"{ensemble:>9} {1e3 * step:9.1f} ({1e3 * min(step_times):.1f}-{1e3 * max(step_times):.1f})"
+                f"{'':>6} {1e3 * base:9.1f} ({1e3 * min(bare_times):.1f}-{1e3 * max(bare_times):.1f}){'':>6} "
+                f"{step / base:10.3f} {sim.potential.neighbors.n_builds:9d}"
+            )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ def main() -> None:
     args = parser.parse_args()
 
     print("single points, two calls (peak RSS of the calls above the RSS before them)")
-    print(f"{'atoms':>7} {'edges':>8} {'slots':>8} {'peak GiB':>9} {'kB/atom':>8} {'kB/edge':>8} {'kB/slot':>8} "
-          f"{'estimate GiB':>13} {'<= 12 GiB':>10}")
+    print(
+        f"{'atoms':>7} {'edges':>8} {'slots':>8} {'peak GiB':>9} {'kB/atom':>8} {'kB/edge':>8} {'kB/slot':>8} "
+        f"{'estimate GiB':>13} {'<= 12 GiB':>10}"
+    )
     for n in args.sizes:
         r = measure(args.model, n)
         if "error" in r:
@@ -80,12 +82,16 @@ def main() -> None:
             continue
         used = r["peak"] - r["before"]
         fits = "yes" if r["peak"] <= 12 * GIB else "NO"
-        print(f"{r['atoms']:>7} {r['edges']:>8} {r['slots']:>8} {used / GIB:9.2f} {used / r['atoms'] / 1e3:8.1f} "
-              f"{used / r['edges'] / 1e3:8.1f} {used / r['slots'] / 1e3:8.1f} {r['estimate'] / GIB:13.2f} {fits:>10}")
+        print(
+            f"{r['atoms']:>7} {r['edges']:>8} {r['slots']:>8} {used / GIB:9.2f} {used / r['atoms'] / 1e3:8.1f} "
+            f"{used / r['edges'] / 1e3:8.1f} {used / r['slots'] / 1e3:8.1f} {r['estimate'] / GIB:13.2f} {fits:>10}"
+        )
 
     budget = args.budget_gib * GIB
-    print(f"\nbatcher: {args.copies} x 512 atoms with memory_budget = {args.budget_gib:g} GiB "
-          f"(allocator: {allocator_settings()})")
+    print(
+        f"\nbatcher: {args.copies} x 512 atoms with memory_budget = {args.budget_gib:g} GiB "
+        f"(allocator: {allocator_settings()})"
+    )
     print(f"{'budget given':>22} {'peak GiB':>9} {'within':>7} {'seconds':>8}")
     times = {}
     for keep_arena, label in ((False, "at load (arena off)"), (True, "after load (arena on)")):
@@ -97,14 +103,17 @@ def main() -> None:
         times[keep_arena] = r["seconds"]
         print(f"{label:>22} {used / GIB:9.2f} {'yes' if used <= budget else 'NO':>7} {r['seconds']:8.2f}")
     if len(times) == 2:
-        print(f"arena off / arena on time: {times[False] / times[True]:.2f}; one structure's estimate "
-              f"{r['estimate'] / GIB:.2f} GiB")
+        print(
+            f"arena off / arena on time: {times[False] / times[True]:.2f}; one structure's estimate "
+            f"{r['estimate'] / GIB:.2f} GiB"
+        )
 
 
 def allocator_settings() -> str:
     import os
 
     return ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"))
+
 
 if __name__ == "__main__":
     main()

@@ -50,22 +50,27 @@ def main():
     neighbor_list(np.zeros((1, 3)), np.eye(3), True, 1.0)
     print(f"mtsim first call (compile or load numba cache): {time.perf_counter() - start:.2f} s\n")
 
-    header = (f"{'atoms':>7} {'pairs':>9} | {'library':<7} {'median ms':>10} {'min-max ms':>17} {'x mtsim':>8} "
-              f"{'us/atom':>8}")
+    header = (
+        f"{'atoms':>7} {'pairs':>9} | {'library':<7} {'median ms':>10} {'min-max ms':>17} {'x mtsim':>8} {'us/atom':>8}"
+    )
     print(header)
     print("-" * len(header))
     for n_atoms in args.sizes:
         positions, cell = make_structure(n_atoms)
         pbc = np.array([True, True, True])
         calculator = vesin.NeighborList(cutoff=args.cutoff, full_list=True, n_threads=args.threads)
-        times, results = alternating({
-            "mtsim": lambda: neighbor_list(positions, cell, pbc, args.cutoff, self_interaction=False),
-            "vesin": lambda: calculator.compute(positions, cell, pbc, quantities="ijS"),
-        }, args.repeats)
+        times, results = alternating(
+            {
+                "mtsim": lambda: neighbor_list(positions, cell, pbc, args.cutoff, self_interaction=False),
+                "vesin": lambda: calculator.compute(positions, cell, pbc, quantities="ijS"),
+            },
+            args.repeats,
+        )
         if n_atoms <= args.ase_max_atoms:  # on its own: a call of ASE's slows whichever library runs next
             atoms = Atoms(numbers=np.ones(n_atoms, int), positions=positions, cell=cell, pbc=True)
-            ase_times, ase_results = alternating({"ase": lambda: ase_neighbor_list("ijS", atoms, args.cutoff)},
-                                                 args.repeats)
+            ase_times, ase_results = alternating(
+                {"ase": lambda: ase_neighbor_list("ijS", atoms, args.cutoff)}, args.repeats
+            )
             times.update(ase_times)
             results.update(ase_results)
         n_pairs = {library: len(result[0]) for library, result in results.items()}

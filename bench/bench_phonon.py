@@ -32,8 +32,12 @@ CHARGES = {14: 2.7, 6: -2.7, 56: 2.7, 22: 7.2, 8: -3.3}
 
 def structures() -> dict[str, Atoms]:
     sic = bulk("SiC", "zincblende", a=4.377)
-    bto = Atoms("BaTiO3", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.514], [0.5, 0.5, 0.975], [0.5, 0, 0.485],
-                                            [0, 0.5, 0.485]], cell=np.diag([3.992, 3.992, 4.036]), pbc=True)
+    bto = Atoms(
+        "BaTiO3",
+        scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.514], [0.5, 0.5, 0.975], [0.5, 0, 0.485], [0, 0.5, 0.485]],
+        cell=np.diag([3.992, 3.992, 4.036]),
+        pbc=True,
+    )
     return {"3C-SiC": sic, "BaTiO3 (P4mm)": bto}
 
 
@@ -73,8 +77,9 @@ def run_phonopy(model_path, atoms, size, mesh):
     model = load(model_path)
     start = time.perf_counter()
     calc = mtsim.Calculator(model=model, include_untrained=True)  # timing only: any model will do
-    unit = PhonopyAtoms(symbols=atoms.get_chemical_symbols(), cell=atoms.cell[:], positions=atoms.positions,
-                        masses=atoms.get_masses())
+    unit = PhonopyAtoms(
+        symbols=atoms.get_chemical_symbols(), cell=atoms.cell[:], positions=atoms.positions, masses=atoms.get_masses()
+    )
     ph = phonopy.Phonopy(unit, supercell_matrix=np.diag(size), primitive_matrix="P")
     ph.generate_displacements(distance=0.01)
     forces = []
@@ -87,8 +92,11 @@ def run_phonopy(model_path, atoms, size, mesh):
     ph.symmetrize_force_constants()
     primitive = atoms.copy()
     primitive.calc = calc
-    ph.nac_params = {"born": calc.get_property("born_charges", primitive),
-                     "dielectric": calc.get_property("dielectric", primitive), "factor": COULOMB_EV_A}
+    ph.nac_params = {
+        "born": calc.get_property("born_charges", primitive),
+        "dielectric": calc.get_property("dielectric", primitive),
+        "factor": COULOMB_EV_A,
+    }
     segments, _ = band_path(Structure.from_atoms(atoms))
     ph.run_band_structure(segments, with_eigenvectors=False, labels=None)
     ph.run_mesh(list(mesh), is_gamma_center=True)
@@ -115,21 +123,27 @@ def main():
     parser.add_argument("--mesh", nargs=3, type=int, default=(20, 20, 20))
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side (alternating)")
     args = parser.parse_args()
-    print(f"model: {args.model or 'analytic PairModel'}; supercell {args.supercell}; mesh {args.mesh}; NAC on; "
-          f"{args.repeats} run(s) per side")
-    print(f"{'system':<15}{'mtsim s':>22}{'phonopy+ASE s':>22}{'speed-up':>10}{'mtsim MiB':>11}"
-          f"{'phonopy MiB':>13}{'max |df| THz':>14}")
+    print(
+        f"model: {args.model or 'analytic PairModel'}; supercell {args.supercell}; mesh {args.mesh}; NAC on; "
+        f"{args.repeats} run(s) per side"
+    )
+    print(
+        f"{'system':<15}{'mtsim s':>22}{'phonopy+ASE s':>22}{'speed-up':>10}{'mtsim MiB':>11}"
+        f"{'phonopy MiB':>13}{'max |df| THz':>14}"
+    )
     for name, atoms in structures().items():
         runs = {"mtsim": [], "phonopy": []}
         for k in range(args.repeats):
-            for which in (("mtsim", "phonopy") if k % 2 == 0 else ("phonopy", "mtsim")):
+            for which in ("mtsim", "phonopy") if k % 2 == 0 else ("phonopy", "mtsim"):
                 runs[which].append(measure(which, args.model, atoms, tuple(args.supercell), tuple(args.mesh)))
         times = {which: [run[0] for run in r] for which, r in runs.items()}
         median = {which: statistics.median(t) for which, t in times.items()}
         cells = {which: f"{median[which]:.2f} ({min(t):.2f}-{max(t):.2f})" for which, t in times.items()}
         df = max(np.abs(a[1] - b[1]).max() for a, b in zip(runs["mtsim"], runs["phonopy"]))
-        print(f"{name:<15}{cells['mtsim']:>22}{cells['phonopy']:>22}{median['phonopy'] / median['mtsim']:>9.2f}x"
-              f"{max(r[2] for r in runs['mtsim']):>11.0f}{max(r[2] for r in runs['phonopy']):>13.0f}{df:>14.2e}")
+        print(
+            f"{name:<15}{cells['mtsim']:>22}{cells['phonopy']:>22}{median['phonopy'] / median['mtsim']:>9.2f}x"
+            f"{max(r[2] for r in runs['mtsim']):>11.0f}{max(r[2] for r in runs['phonopy']):>13.0f}{df:>14.2e}"
+        )
 
 
 if __name__ == "__main__":

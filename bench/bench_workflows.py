@@ -54,18 +54,33 @@ def workflow(task: str, items: list, workers: int, folder: str) -> tuple[float, 
 
     options = PHONON_OPTIONS if task == "phonon" else None
     start = time.perf_counter()
-    summary = workflows.run(task, items, os.path.join(folder, f"{task}-{workers}-cold.db"), workers=workers,
-                            options=options, progress=False)
+    summary = workflows.run(
+        task, items, os.path.join(folder, f"{task}-{workers}-cold.db"), workers=workers, options=options, progress=False
+    )
     cold = time.perf_counter() - start
     assert summary.done == len(items), summary.table()
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
-            workflows.run(task, items[:4], os.path.join(folder, "warmup.db"), client=client, threads=threads,
-                          options=options, progress=False)
+            workflows.run(
+                task,
+                items[:4],
+                os.path.join(folder, "warmup.db"),
+                client=client,
+                threads=threads,
+                options=options,
+                progress=False,
+            )
             start = time.perf_counter()
-            summary = workflows.run(task, items, os.path.join(folder, f"{task}-{workers}-warm.db"), client=client,
-                                    threads=threads, options=options, progress=False)
+            summary = workflows.run(
+                task,
+                items,
+                os.path.join(folder, f"{task}-{workers}-warm.db"),
+                client=client,
+                threads=threads,
+                options=options,
+                progress=False,
+            )
             warm = time.perf_counter() - start
     assert summary.done == len(items), summary.table()
     return cold, warm
@@ -88,10 +103,13 @@ def main():
             print(f"{task:8} {n:4d} {'plain loop (SDK)':28} {loop:8.2f} {1e3 * loop / n:11.1f} ms {1.0:8.2f}")
             for workers in (1, 2):
                 cold, warm = workflow(task, items, workers, folder)
-                for label, seconds in ((f"mtsim run, {workers} worker(s), warm", warm),
-                                       (f"mtsim run, {workers} worker(s), cold", cold)):
-                    print(f"{task:8} {n:4d} {label:28} {seconds:8.2f} {1e3 * seconds / n:11.1f} ms "
-                          f"{seconds / loop:8.2f}")
+                for label, seconds in (
+                    (f"mtsim run, {workers} worker(s), warm", warm),
+                    (f"mtsim run, {workers} worker(s), cold", cold),
+                ):
+                    print(
+                        f"{task:8} {n:4d} {label:28} {seconds:8.2f} {1e3 * seconds / n:11.1f} ms {seconds / loop:8.2f}"
+                    )
 
 
 if __name__ == "__main__":

@@ -23,15 +23,25 @@ from ase.build import bulk
 from mtsim.training.builders.dft import DFTSettings, label
 from mtsim.training.builders.dft_structures import layered_limno2, perovskite
 
-FORMAL = {"NaCl": {"Na": 1, "Cl": -1}, "MgO": {"Mg": 2, "O": -2}, "SiC": {"Si": 4, "C": -4},
-          "BaTiO3": {"Ba": 2, "Ti": 4, "O": -2}, "LiCoO2": {"Li": 1, "Co": 3, "O": -2}}
+FORMAL = {
+    "NaCl": {"Na": 1, "Cl": -1},
+    "MgO": {"Mg": 2, "O": -2},
+    "SiC": {"Si": 4, "C": -4},
+    "BaTiO3": {"Ba": 2, "Ti": 4, "O": -2},
+    "LiCoO2": {"Li": 1, "Co": 3, "O": -2},
+}
 
 
 def crystals() -> dict:
     licoo2 = layered_limno2(a=2.816, c=14.05, z_oxygen=0.26)
     licoo2.symbols[1] = "Co"
-    return {"NaCl": bulk("NaCl", "rocksalt", a=5.64), "MgO": bulk("MgO", "rocksalt", a=4.21),
-            "SiC": bulk("SiC", "zincblende", a=4.36), "BaTiO3": perovskite(4.00), "LiCoO2": licoo2}
+    return {
+        "NaCl": bulk("NaCl", "rocksalt", a=5.64),
+        "MgO": bulk("MgO", "rocksalt", a=4.21),
+        "SiC": bulk("SiC", "zincblende", a=4.36),
+        "BaTiO3": perovskite(4.00),
+        "LiCoO2": licoo2,
+    }
 
 
 def main(argv=None) -> int:
@@ -51,10 +61,19 @@ def main(argv=None) -> int:
         symbols = np.array(frame.get_chemical_symbols())
         for species, formal in FORMAL[name].items():
             mean = float(charges[symbols == species].mean())
-            rows.append({"crystal": name, "species": species, "charge": round(mean, 3), "formal": formal,
-                         "residual": frame.info["charge_residual"], "seconds": round(time.perf_counter() - start)})
-            print(f"| {name} | {species} | {mean:+.3f} | {formal:+d} | {frame.info['charge_residual']:.1e} |",
-                  flush=True)
+            rows.append(
+                {
+                    "crystal": name,
+                    "species": species,
+                    "charge": round(mean, 3),
+                    "formal": formal,
+                    "residual": frame.info["charge_residual"],
+                    "seconds": round(time.perf_counter() - start),
+                }
+            )
+            print(
+                f"| {name} | {species} | {mean:+.3f} | {formal:+d} | {frame.info['charge_residual']:.1e} |", flush=True
+            )
         with open(args.out, "w") as handle:
             json.dump({"settings": DFTSettings().__dict__, "rows": rows}, handle, indent=1)
     return 0

@@ -59,12 +59,18 @@ def gamma_to(name: str, settings: DFTSettings, displacement: float = 0.01) -> di
     masses = bulk(name, lattice, a=a0).get_masses()
     frequency = np.sqrt(phi * (1 / masses[0] + 1 / masses[1])) * THZ_PER_SQRT_EV_A2_AMU
     experiment = EXPERIMENT_CM1[name] / CM1_PER_THZ
-    return {"crystal": name, "lattice": lattice, "a0_A": round(float(a0), 4),
-            "bulk_modulus_GPa": round(float(bulk_modulus) * 160.21766, 1), "force_constant_eV_A2": float(phi),
-            "to_THz": round(float(frequency), 3), "experiment_THz": round(experiment, 2),
-            "deviation_percent": round(100 * (frequency - experiment) / experiment, 1),
-            "kpts": " ".join(map(str, kpts)),
-            "kmesh_step_meV_per_atom": round(1000 * (denser - energies[3]) / len(cells[3]), 2)}
+    return {
+        "crystal": name,
+        "lattice": lattice,
+        "a0_A": round(float(a0), 4),
+        "bulk_modulus_GPa": round(float(bulk_modulus) * 160.21766, 1),
+        "force_constant_eV_A2": float(phi),
+        "to_THz": round(float(frequency), 3),
+        "experiment_THz": round(experiment, 2),
+        "deviation_percent": round(100 * (frequency - experiment) / experiment, 1),
+        "kpts": " ".join(map(str, kpts)),
+        "kmesh_step_meV_per_atom": round(1000 * (denser - energies[3]) / len(cells[3]), 2),
+    }
 
 
 def main(argv=None) -> int:
@@ -74,17 +80,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     settings = DFTSettings(bader=False)
     rows = []
-    print("| crystal | a0 (Å) | B (GPa) | k mesh | E(k+2) − E(k) (meV/atom) | TO GPAW (THz) | TO exp. (THz) "
-          "| GPAW − exp. |")
+    print(
+        "| crystal | a0 (Å) | B (GPa) | k mesh | E(k+2) − E(k) (meV/atom) | TO GPAW (THz) | TO exp. (THz) "
+        "| GPAW − exp. |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in args.crystals:
         start = time.perf_counter()
         row = gamma_to(name, settings)
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
-        print(f"| {name} ({row['lattice']}) | {row['a0_A']} | {row['bulk_modulus_GPa']} | {row['kpts']} | "
-              f"{row['kmesh_step_meV_per_atom']} | "
-              f"{row['to_THz']:.2f} | {row['experiment_THz']:.2f} | {row['deviation_percent']:+.1f} % |", flush=True)
+        print(
+            f"| {name} ({row['lattice']}) | {row['a0_A']} | {row['bulk_modulus_GPa']} | {row['kpts']} | "
+            f"{row['kmesh_step_meV_per_atom']} | "
+            f"{row['to_THz']:.2f} | {row['experiment_THz']:.2f} | {row['deviation_percent']:+.1f} % |",
+            flush=True,
+        )
         with open(args.out, "w") as handle:
             json.dump({"settings": settings.__dict__, "rows": rows}, handle, indent=1)
     return 0

@@ -43,8 +43,10 @@ def main() -> None:
     sic.calc = None
     phonons = Phonons.from_model(teacher, sic, (4, 4, 4), nac=False)
     optical = np.sort(phonons.frequencies([[0, 0, 0]])[0])[3:]
-    print(f"CHGNet 0.3.0: a = {a:.4f} Å, Gamma optical modes without NAC (TO) = "
-          f"{', '.join(f'{f:.2f}' for f in optical)} THz")
+    print(
+        f"CHGNet 0.3.0: a = {a:.4f} Å, Gamma optical modes without NAC (TO) = "
+        f"{', '.join(f'{f:.2f}' for f in optical)} THz"
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def alternating(functions: dict, repeats: int) -> tuple[dict[str, list[float]], 
     times = {name: [] for name in functions}
     names = list(functions)
     for k in range(repeats):
-        for name in (names if k % 2 == 0 else names[::-1]):
+        for name in names if k % 2 == 0 else names[::-1]:
             start = time.perf_counter()
             functions[name]()
             times[name].append(time.perf_counter() - start)

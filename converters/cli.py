@@ -22,12 +22,26 @@ def _error(err: Exception) -> click.ClickException:
 
 @click.command("convert")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=str))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="ONNX file to write [default: CHECKPOINT's stem + .PRECISION.onnx]")
-@click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
-              help="float type of every input, output and weight of the file")
-@click.option("--validate/--no-validate", default=True, show_default=True,
-              help="compare the file with PyTorch on the built-in structure panel (removes the file on failure)")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="ONNX file to write [default: CHECKPOINT's stem + .PRECISION.onnx]",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "float64"]),
+    default="float32",
+    show_default=True,
+    help="float type of every input, output and weight of the file",
+)
+@click.option(
+    "--validate/--no-validate",
+    default=True,
+    show_default=True,
+    help="compare the file with PyTorch on the built-in structure panel (removes the file on failure)",
+)
 @click.option("--all-rows", is_flag=True, help="print every panel comparison, not only the worst per output")
 def convert(checkpoint: str, output: str | None, precision: str, validate: bool, all_rows: bool) -> None:
     """Export CHECKPOINT to a fixed-graph ONNX file (forces and stress inside the graph) and validate it."""
@@ -46,16 +60,20 @@ def convert(checkpoint: str, output: str | None, precision: str, validate: bool,
         sha256 = file_sha256(checkpoint)
     except CheckpointError as err:
         raise _error(err) from None
-    click.echo(f"exporting {checkpoint} ({model.config.preset}, {model.num_parameters():,} parameters) "
-               f"-> {output} [{precision}]")
+    click.echo(
+        f"exporting {checkpoint} ({model.config.preset}, {model.num_parameters():,} parameters) "
+        f"-> {output} [{precision}]"
+    )
     start = time.perf_counter()
     try:
         export(model, output, precision, checkpoint_sha256=sha256)
     except ExportError as err:
         raise _error(err) from None
     info = read_onnx_file(output)
-    click.echo(f"wrote {output}: {os.path.getsize(output) / 1e6:.1f} MB, {info.node_count} nodes, opset "
-               f"{info.opset}, in {time.perf_counter() - start:.1f} s")
+    click.echo(
+        f"wrote {output}: {os.path.getsize(output) / 1e6:.1f} MB, {info.node_count} nodes, opset "
+        f"{info.opset}, in {time.perf_counter() - start:.1f} s"
+    )
     if not validate:
         click.echo("validation skipped (--no-validate)")
         return
@@ -66,9 +84,12 @@ def convert(checkpoint: str, output: str | None, precision: str, validate: bool,
     click.echo(report.summary())
     if not report.passed:
         failed = report.failures
-        lines = [f"  {c.output} on {c.case}: error {c.error:.2e} (tolerance {c.tolerance:g})"
-                 + ("" if c.finite else ", non-finite") + ("" if c.deterministic else ", non-deterministic")
-                 for c in failed[:10]]
+        lines = [
+            f"  {c.output} on {c.case}: error {c.error:.2e} (tolerance {c.tolerance:g})"
+            + ("" if c.finite else ", non-finite")
+            + ("" if c.deterministic else ", non-deterministic")
+            for c in failed[:10]
+        ]
         os.remove(output)
         raise click.ClickException(
             f"the exported graph does not reproduce PyTorch; removed {output} "
@@ -111,22 +132,29 @@ def describe_training_data(value: str) -> list[str]:
         by_count: dict[int, list[str]] = {}
         for label, count in stage["labels"].items():
             by_count.setdefault(int(count), []).append(label)
-        counts = ", ".join(f"{'/'.join(labels)} {count:,}" for count, labels in
-                           sorted(by_count.items(), key=lambda item: -item[0]))
+        counts = ", ".join(
+            f"{'/'.join(labels)} {count:,}" for count, labels in sorted(by_count.items(), key=lambda item: -item[0])
+        )
         files = [entry["file"] if isinstance(entry, dict) else str(entry) for entry in stage.get("files", [])]
         lines.append(f"stage {k}: {counts}")
         lines += textwrap.wrap(", ".join(files), 90, initial_indent="  files: ", subsequent_indent="    ")
     if stages[-1].get("description"):
-        lines += textwrap.wrap(stages[-1]["description"], 90, initial_indent=f"stage {len(stages)} description: ",
-                               subsequent_indent="  ")
+        lines += textwrap.wrap(
+            stages[-1]["description"], 90, initial_indent=f"stage {len(stages)} description: ", subsequent_indent="  "
+        )
     return lines
 
 
 @click.command("info")
 @click.argument("model", required=False, type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="print everything as one JSON object")
-@click.option("--reader", type=click.Choice(["onnx", "onnxruntime"]), default="onnx", show_default=True,
-              help="library that reads the file (falls back to onnxruntime when onnx is not installed)")
+@click.option(
+    "--reader",
+    type=click.Choice(["onnx", "onnxruntime"]),
+    default="onnx",
+    show_default=True,
+    help="library that reads the file (falls back to onnxruntime when onnx is not installed)",
+)
 def info(model: str | None, as_json: bool, reader: str) -> None:
     """Print metadata, inputs, outputs, opset, node and parameter counts of an mtsim ONNX file (default: the
     bundled model)."""
@@ -140,13 +168,24 @@ def info(model: str | None, as_json: bool, reader: str) -> None:
         raise _error(err) from None
     meta = data.metadata
     if as_json:
-        click.echo(json.dumps({
-            "path": data.path, "reader": data.reader, "metadata": meta,
-            "inputs": [{"name": n, "type": t, "shape": list(s)} for n, t, s in data.inputs],
-            "outputs": [{"name": n, "type": t, "shape": list(s)} for n, t, s in data.outputs],
-            "opset": data.opset, "ir_version": data.ir_version, "node_count": data.node_count,
-            "parameter_count": data.parameter_count, "unavailable": data.unavailable,
-        }, indent=2, ensure_ascii=False))
+        click.echo(
+            json.dumps(
+                {
+                    "path": data.path,
+                    "reader": data.reader,
+                    "metadata": meta,
+                    "inputs": [{"name": n, "type": t, "shape": list(s)} for n, t, s in data.inputs],
+                    "outputs": [{"name": n, "type": t, "shape": list(s)} for n, t, s in data.outputs],
+                    "opset": data.opset,
+                    "ir_version": data.ir_version,
+                    "node_count": data.node_count,
+                    "parameter_count": data.parameter_count,
+                    "unavailable": data.unavailable,
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return
 
     def row(key: str, value) -> None:
@@ -186,8 +225,7 @@ def info(model: str | None, as_json: bool, reader: str) -> None:
     row("opset", data.opset if data.opset is not None else missing)
     row("IR version", data.ir_version if data.ir_version is not None else missing)
     row("nodes", f"{data.node_count:,}" if data.node_count is not None else missing)
-    row("parameters (initializers)",
-        f"{data.parameter_count:,}" if data.parameter_count is not None else missing)
+    row("parameters (initializers)", f"{data.parameter_count:,}" if data.parameter_count is not None else missing)
     if data.op_counts:
         top = sorted(data.op_counts.items(), key=lambda kv: -kv[1])
         row("operators", ", ".join(f"{op} {count}" for op, count in top))

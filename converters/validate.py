@@ -37,8 +37,15 @@ import numpy as np
 from mtsim.onnx_format import OUTPUT_NAMES, check_onnx_file
 
 TOLERANCES = {"float32": 1e-5, "float64": 1e-10}
-FLOORS = {"energy": 0.1, "forces": 0.1, "stress": 1e-3, "magmoms": 0.1, "charges": 0.1, "born_charges": 0.1,
-          "dielectric": 1.0}
+FLOORS = {
+    "energy": 0.1,
+    "forces": 0.1,
+    "stress": 1e-3,
+    "magmoms": 0.1,
+    "charges": 0.1,
+    "born_charges": 0.1,
+    "dielectric": 1.0,
+}
 """Scale (in the output's units) below which an output's values count as negligible in the error measure."""
 
 
@@ -76,10 +83,22 @@ def validation_panel(seed: int = 0) -> list[tuple[str, list]]:
     slab = rattled(bulk("Al", "fcc", a=4.05, cubic=True) * (2, 1, 2))
     slab.center(vacuum=5.0, axis=2)
     slab.pbc = (True, True, False)
-    wire = rattled(Atoms("C4", positions=[[0, 0, 0], [1.3, 0.1, 0], [2.6, 0, 0.1], [3.9, 0.1, 0.1]],
-                         cell=[5.2, 0, 0], pbc=(True, False, False)))
-    triclinic = rattled(Atoms("SiOMg", scaled_positions=[[0, 0, 0], [0.3, 0.4, 0.1], [0.6, 0.2, 0.7]],
-                              cell=[[3.1, 0, 0], [0.8, 2.9, 0], [0.5, -0.7, 3.4]], pbc=True))
+    wire = rattled(
+        Atoms(
+            "C4",
+            positions=[[0, 0, 0], [1.3, 0.1, 0], [2.6, 0, 0.1], [3.9, 0.1, 0.1]],
+            cell=[5.2, 0, 0],
+            pbc=(True, False, False),
+        )
+    )
+    triclinic = rattled(
+        Atoms(
+            "SiOMg",
+            scaled_positions=[[0, 0, 0], [0.3, 0.4, 0.1], [0.6, 0.2, 0.7]],
+            cell=[[3.1, 0, 0], [0.8, 2.9, 0], [0.5, -0.7, 3.4]],
+            pbc=True,
+        )
+    )
     one_atom = bulk("Fe", "bcc", a=2.87)  # primitive (triclinic-looking) one-atom cell
     one_atom_skew = Atoms("Cu", cell=[[2.6, 0, 0], [0.4, 2.5, 0], [0.3, 0.5, 2.7]], pbc=True)
     perfect = bulk("NaCl", "rocksalt", a=5.64, cubic=True)  # zero forces by symmetry
@@ -164,33 +183,41 @@ class ValidationReport:
         """A text table: the worst case per output (``rows="worst"``) or every comparison (``"all"``)."""
         items = list(self.worst().values()) if rows == "worst" else self.comparisons
         f64 = self.precision == "float32"
-        header = (f"{'output':<13} {'case':<16} {'max|diff|':>10} {'max|ref|':>10} {'error':>9} {'tol':>7}"
-                  + (f" {'onnx-f64':>9} {'torch-f64':>9}" if f64 else "") + "  status")
+        header = (
+            f"{'output':<13} {'case':<16} {'max|diff|':>10} {'max|ref|':>10} {'error':>9} {'tol':>7}"
+            + (f" {'onnx-f64':>9} {'torch-f64':>9}" if f64 else "")
+            + "  status"
+        )
         lines = [header, "-" * len(header)]
         for c in items:
             status = "FAIL" if not c.passed else ("ok" if c.error <= c.tolerance else "ok (f32 rounding)")
-            notes = [n for n, bad in (("non-finite", not c.finite), ("non-deterministic", not c.deterministic))
-                     if bad]
+            notes = [n for n, bad in (("non-finite", not c.finite), ("non-deterministic", not c.deterministic)) if bad]
             if notes:
                 status += " (" + ", ".join(notes) + ")"
             extra = ""
             if f64:
-                extra = "".join(f" {v:>9.2e}" if v is not None else f" {'-':>9}"
-                                for v in (c.onnx_error64, c.torch_error64))
-            lines.append(f"{c.output:<13} {c.case:<16} {c.max_abs:>10.2e} {c.ref_max:>10.2e} {c.error:>9.2e} "
-                         f"{c.tolerance:>7.0e}{extra}  {status}")
+                extra = "".join(
+                    f" {v:>9.2e}" if v is not None else f" {'-':>9}" for v in (c.onnx_error64, c.torch_error64)
+                )
+            lines.append(
+                f"{c.output:<13} {c.case:<16} {c.max_abs:>10.2e} {c.ref_max:>10.2e} {c.error:>9.2e} "
+                f"{c.tolerance:>7.0e}{extra}  {status}"
+            )
         if f64:
-            lines.append("(onnx-f64 / torch-f64: errors of the ONNX file and of PyTorch float32 against the model "
-                         "in float64)")
+            lines.append(
+                "(onnx-f64 / torch-f64: errors of the ONNX file and of PyTorch float32 against the model in float64)"
+            )
         return "\n".join(lines)
 
     def summary(self) -> str:
         verdict = "PASSED" if self.passed else f"FAILED ({len(self.failures)} of {len(self.comparisons)} checks)"
         if self.passed and any(c.error > c.tolerance for c in self.comparisons):
             verdict += " (some float32 checks within PyTorch float32's own error, see the table)"
-        return (f"validation {verdict}: {os.path.basename(self.onnx_path)} ({self.precision}) vs PyTorch on "
-                f"{len(self.atoms)} panel cases ({sum(self.atoms.values())} atoms), tolerance {self.tolerance:g}, "
-                f"bitwise-repeatable onnxruntime runs, {self.seconds:.1f} s")
+        return (
+            f"validation {verdict}: {os.path.basename(self.onnx_path)} ({self.precision}) vs PyTorch on "
+            f"{len(self.atoms)} panel cases ({sum(self.atoms.values())} atoms), tolerance {self.tolerance:g}, "
+            f"bitwise-repeatable onnxruntime runs, {self.seconds:.1f} s"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -212,8 +239,9 @@ def torch_outputs(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return {key: out[key].detach().cpu().numpy() for key in OUTPUT_NAMES}
 
 
-def validate_export(model_or_checkpoint, onnx_path: str | os.PathLike, panel=None, tolerance: float | None = None,
-                    threads: int = 0) -> ValidationReport:
+def validate_export(
+    model_or_checkpoint, onnx_path: str | os.PathLike, panel=None, tolerance: float | None = None, threads: int = 0
+) -> ValidationReport:
     """Compare ``onnx_path`` with ``model_or_checkpoint`` (``MTModel`` or checkpoint path) on ``panel``.
 
     The model is evaluated in the file's precision (a copy is cast if needed). ``panel`` defaults to
@@ -267,7 +295,18 @@ def validate_export(model_or_checkpoint, onnx_path: str | os.PathLike, panel=Non
             errors64 = (None, None)
             if reference64 is not None and reference64[key].shape == ref.shape:
                 errors64 = (output_error(got, reference64[key], key), output_error(ref, reference64[key], key))
-            report.comparisons.append(Comparison(name, key, max_abs, ref_max, error if finite else float("inf"),
-                                                 tolerance, finite, deterministic, *errors64))
+            report.comparisons.append(
+                Comparison(
+                    name,
+                    key,
+                    max_abs,
+                    ref_max,
+                    error if finite else float("inf"),
+                    tolerance,
+                    finite,
+                    deterministic,
+                    *errors64,
+                )
+            )
     report.seconds = time.perf_counter() - start
     return report

@@ -36,17 +36,23 @@ def silicon_carbide() -> None:
     phonons = Phonons.from_model(model, sic, (3, 3, 3), nac=True)
     along_x = sic.cell @ np.array([1.0, 0.0, 0.0])  # reduced coordinates of the Cartesian x direction
     gamma = np.sort(phonons.frequencies([0, 0, 0], q_direction=along_x)[0])
-    print(f"3C-SiC: a = {(4 * sic.volume) ** (1 / 3):.3f} Å (exp. 4.360), Z*_Si,xx = "
-          f"{p.born_charges[sic.numbers == 14][0, 0, 0]:.2f} e (exp. 2.70), eps_inf = {p.dielectric[0, 0]:.2f} "
-          f"(exp. 6.52), TO = {gamma[3]:.2f} THz, LO = {gamma[5]:.2f} THz (exp. 23.87, 29.16)")
+    print(
+        f"3C-SiC: a = {(4 * sic.volume) ** (1 / 3):.3f} Å (exp. 4.360), Z*_Si,xx = "
+        f"{p.born_charges[sic.numbers == 14][0, 0, 0]:.2f} e (exp. 2.70), eps_inf = {p.dielectric[0, 0]:.2f} "
+        f"(exp. 6.52), TO = {gamma[3]:.2f} THz, LO = {gamma[5]:.2f} THz (exp. 23.87, 29.16)"
+    )
 
 
 def main(folder: str = "quickstart") -> None:
     out = Path(folder)
     out.mkdir(exist_ok=True)
     structures = out / "structures.extxyz"
-    frames = [bulk("MgO", "rocksalt", a=4.21), bulk("ZnO", "wurtzite", a=3.25, c=5.21),
-              bulk("Si", "diamond", a=5.43) * (2, 2, 2), molecule("H2O")]
+    frames = [
+        bulk("MgO", "rocksalt", a=4.21),
+        bulk("ZnO", "wurtzite", a=3.25, c=5.21),
+        bulk("Si", "diamond", a=5.43) * (2, 2, 2),
+        molecule("H2O"),
+    ]
     ase.io.write(structures, frames, format="extxyz")
 
     run("mtsim", "info")

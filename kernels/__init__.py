@@ -45,8 +45,11 @@ def cuda_available() -> bool:
 
         neighbor_list_cuda(np.zeros((1, 3)), 3.0 * np.eye(3), True, 1.0)
     except Exception as err:
-        warnings.warn(f"the CUDA neighbour-list kernel does not run here ({type(err).__name__}: {err}); "
-                      "using the CPU kernel", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"the CUDA neighbour-list kernel does not run here ({type(err).__name__}: {err}); using the CPU kernel",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False
     return True
 

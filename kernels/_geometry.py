@@ -217,16 +217,20 @@ def check_extent(pbc, heights, frac_min, frac_max, cutoff: float) -> None:
     Å (non-periodic ones) away."""
     images_per_direction = np.where(pbc, 2 * np.ceil(cutoff / heights) + 1, 1)
     if np.prod(images_per_direction) > MAX_IMAGES:
-        raise ValueError(f"cell too small for the cutoff {cutoff:g} Å: its heights {np.round(heights, 6).tolist()} Å "
-                         f"put {np.prod(images_per_direction):.3g} periodic images within the cutoff (at most "
-                         f"{MAX_IMAGES:g}); check the cell's units and size")
+        raise ValueError(
+            f"cell too small for the cutoff {cutoff:g} Å: its heights {np.round(heights, 6).tolist()} Å "
+            f"put {np.prod(images_per_direction):.3g} periodic images within the cutoff (at most "
+            f"{MAX_IMAGES:g}); check the cell's units and size"
+        )
     far = np.maximum(np.abs(frac_min), np.abs(frac_max))
     bound = np.where(pbc, MAX_CELLS_AWAY, MAX_COORDINATE)
     if np.any(far > bound):
         k = int(np.argmax(far / bound))
-        where = (f"{far[k]:.3g} cells away from the cell along lattice vector {k} (at most {MAX_CELLS_AWAY:g})"
-                 if pbc[k] else f"{far[k]:.3g} Å from the origin along non-periodic direction {k} (at most "
-                 f"{MAX_COORDINATE:g} Å)")
+        where = (
+            f"{far[k]:.3g} cells away from the cell along lattice vector {k} (at most {MAX_CELLS_AWAY:g})"
+            if pbc[k]
+            else f"{far[k]:.3g} Å from the origin along non-periodic direction {k} (at most {MAX_COORDINATE:g} Å)"
+        )
         advice = "wrap the positions into the cell" if pbc[k] else "check the positions"
         raise ValueError(f"an atom lies {where}; {advice}")
 

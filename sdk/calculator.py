@@ -20,8 +20,17 @@ class Calculator(_ASECalculator):
     volume), magmoms (μB) and magmom (their sum), charges (e), born_charges [n,3,3] (e), dielectric [3,3].
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress", "magmoms", "magmom", "charges",
-                              "born_charges", "dielectric"]
+    implemented_properties = [
+        "energy",
+        "free_energy",
+        "forces",
+        "stress",
+        "magmoms",
+        "magmom",
+        "charges",
+        "born_charges",
+        "dielectric",
+    ]
 
     def __init__(self, model: Model | str | None = None, include_untrained: bool = False, **load_kwargs):
         super().__init__()

@@ -92,8 +92,10 @@ def md_arguments(ensemble: str, timestep, steps, temperature, pressure=0.0, fiel
     integer("steps", steps, 0)
     non_negative("temperature", temperature)
     if ensemble in THERMOSTATS and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 K for {ensemble} (its thermostat target), got {temperature:g}; "
-                         "use nve or nvt-langevin at 0 K")
+        raise ValueError(
+            f"temperature must be > 0 K for {ensemble} (its thermostat target), got {temperature:g}; "
+            "use nve or nvt-langevin at 0 K"
+        )
     number("pressure", pressure)
     if field is not None and not callable(field):
         finite("field", field)

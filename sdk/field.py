@@ -101,4 +101,3 @@ def as_field(value) -> ElectricField | None:
     if callable(value):
         return ElectricField(value, getattr(value, "__name__", "E(t)"))
     return constant(value)
-

@@ -99,11 +99,28 @@ def hysteresis_arguments(field_max, period, cycles, temperature, timestep, ensem
     md_arguments(ensemble, timestep, 0, temperature)
 
 
-def hysteresis(model, structure, field_max: float, period: float, cycles: int = 5, temperature: float = 300.0,
-               axis: str = "z", timestep: float = 2.0, ensemble: str = "nvt-nh", seed=None,
-               tdamp: float = 100.0, friction: float = 0.01, equilibration: float = 0.0, points: int | None = None,
-               momenta=None, log=None, trajectory=None, interval: int = 10, hooks=(),
-               overwrite: bool = False) -> HysteresisResult:
+def hysteresis(
+    model,
+    structure,
+    field_max: float,
+    period: float,
+    cycles: int = 5,
+    temperature: float = 300.0,
+    axis: str = "z",
+    timestep: float = 2.0,
+    ensemble: str = "nvt-nh",
+    seed=None,
+    tdamp: float = 100.0,
+    friction: float = 0.01,
+    equilibration: float = 0.0,
+    points: int | None = None,
+    momenta=None,
+    log=None,
+    trajectory=None,
+    interval: int = 10,
+    hooks=(),
+    overwrite: bool = False,
+) -> HysteresisResult:
     """Drive a structure with E(t) = field_max cos(2π t/period) along ``axis`` and average P(E) over ``cycles``.
 
     ``field_max`` V/Å (paper: 4 MV/cm = 0.04 V/Å); ``period`` fs (paper: 200 ps), rounded to whole time steps;
@@ -129,8 +146,9 @@ def hysteresis(model, structure, field_max: float, period: float, cycles: int = 
     velocity_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
     integrator = make_integrator(ensemble, timestep, temperature, seed=noise_seed, friction=friction, tdamp=tdamp)
     drive = cosine(amplitude, period, start=equilibration)
-    sim = Simulation(model, structure, integrator, temperature=temperature, seed=velocity_seed, momenta=momenta,
-                     field=drive)
+    sim = Simulation(
+        model, structure, integrator, temperature=temperature, seed=velocity_seed, momenta=momenta, field=drive
+    )
     hooks = list(hooks)
     times, fields, pols = [], [], []
 
@@ -153,12 +171,21 @@ def hysteresis(model, structure, field_max: float, period: float, cycles: int = 
     loop_p = np.array([per_phase_p[g].mean() for g in groups])
     loop_p -= loop_p.mean()
     remanent, coercive = loop_metrics(loop_e, loop_p)
-    return HysteresisResult(axis=axis, field=loop_e, polarization=loop_p, remanent=remanent, coercive=coercive,
-                            period=period, cycles=cycles, times=times, field_trace=fields, polarization_trace=pols)
+    return HysteresisResult(
+        axis=axis,
+        field=loop_e,
+        polarization=loop_p,
+        remanent=remanent,
+        coercive=coercive,
+        period=period,
+        cycles=cycles,
+        times=times,
+        field_trace=fields,
+        polarization_trace=pols,
+    )
 
 
-def write_pe_loop(result: HysteresisResult, directory: str | os.PathLike,
-                  overwrite: bool = False) -> tuple[Path, Path]:
+def write_pe_loop(result: HysteresisResult, directory: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
     """Write ``pe_loop.csv`` (field_MV_cm, polarization_uC_cm2; the loop closed by repeating its first point) and
     ``pe_loop.png`` into ``directory`` (existing ones only with ``overwrite``); returns both paths."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

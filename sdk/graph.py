@@ -19,8 +19,9 @@ MIN_DISTANCE = 0.1
 """Å. Two atoms closer than this are reported as overlapping."""
 
 
-def build_graph(structures: Sequence, cutoff: float, dtype=np.float64, check_overlap: bool = True,
-                neighbors: str = "cpu") -> dict[str, np.ndarray]:
+def build_graph(
+    structures: Sequence, cutoff: float, dtype=np.float64, check_overlap: bool = True, neighbors: str = "cpu"
+) -> dict[str, np.ndarray]:
     """Model inputs for a batch of structures (``ase.Atoms`` or ``Structure``).
 
     Returns ``numbers`` int64 [n], ``positions`` [n,3] Å, ``cell`` [b,3,3] Å, ``batch`` int64 [n],
@@ -44,14 +45,16 @@ def build_graph(structures: Sequence, cutoff: float, dtype=np.float64, check_ove
     batch = np.repeat(np.arange(len(structures), dtype=np.int64), n_atoms)
     if check_overlap:
         check_overlaps(positions, cells, batch, i, j, shifts)
-    return with_slots({
-        "numbers": np.concatenate([s.numbers for s in structures]),
-        "positions": positions.astype(dtype),
-        "cell": cells.astype(dtype),
-        "batch": batch,
-        "edge_index": np.stack([i, j]).astype(np.int64),
-        "shifts": shifts.astype(dtype),
-    })
+    return with_slots(
+        {
+            "numbers": np.concatenate([s.numbers for s in structures]),
+            "positions": positions.astype(dtype),
+            "cell": cells.astype(dtype),
+            "batch": batch,
+            "edge_index": np.stack([i, j]).astype(np.int64),
+            "shifts": shifts.astype(dtype),
+        }
+    )
 
 
 def merge_graphs(graphs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -60,14 +63,16 @@ def merge_graphs(graphs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarra
     ``build_graph([a, b])``."""
     atoms = np.cumsum([0] + [len(g["numbers"]) for g in graphs])
     structures = np.cumsum([0] + [len(g["cell"]) for g in graphs])
-    return with_slots({
-        "numbers": np.concatenate([g["numbers"] for g in graphs]),
-        "positions": np.concatenate([g["positions"] for g in graphs]),
-        "cell": np.concatenate([g["cell"] for g in graphs]),
-        "batch": np.concatenate([g["batch"] + structures[k] for k, g in enumerate(graphs)]),
-        "edge_index": np.concatenate([g["edge_index"] + atoms[k] for k, g in enumerate(graphs)], axis=1),
-        "shifts": np.concatenate([g["shifts"] for g in graphs]),
-    })
+    return with_slots(
+        {
+            "numbers": np.concatenate([g["numbers"] for g in graphs]),
+            "positions": np.concatenate([g["positions"] for g in graphs]),
+            "cell": np.concatenate([g["cell"] for g in graphs]),
+            "batch": np.concatenate([g["batch"] + structures[k] for k, g in enumerate(graphs)]),
+            "edge_index": np.concatenate([g["edge_index"] + atoms[k] for k, g in enumerate(graphs)], axis=1),
+            "shifts": np.concatenate([g["shifts"] for g in graphs]),
+        }
+    )
 
 
 def _cuda_neighbor_lists(structures: list[Structure], cutoff: float):
@@ -83,14 +88,16 @@ def _cuda_neighbor_lists(structures: list[Structure], cutoff: float):
 
 def graph_inputs(numbers, positions, cell, i, j, shifts, dtype=np.float64) -> dict[str, np.ndarray]:
     """Model inputs for one structure from a given edge list (e.g. a reused skin list), layout as ``build_graph``."""
-    return with_slots({
-        "numbers": np.asarray(numbers, dtype=np.int64),
-        "positions": np.asarray(positions, dtype=dtype),
-        "cell": np.asarray(cell, dtype=dtype)[None],
-        "batch": np.zeros(len(numbers), dtype=np.int64),
-        "edge_index": np.stack([i, j]).astype(np.int64),
-        "shifts": np.asarray(shifts, dtype=dtype),
-    })
+    return with_slots(
+        {
+            "numbers": np.asarray(numbers, dtype=np.int64),
+            "positions": np.asarray(positions, dtype=dtype),
+            "cell": np.asarray(cell, dtype=dtype)[None],
+            "batch": np.zeros(len(numbers), dtype=np.int64),
+            "edge_index": np.stack([i, j]).astype(np.int64),
+            "shifts": np.asarray(shifts, dtype=dtype),
+        }
+    )
 
 
 def edge_slots(index: np.ndarray, num_atoms: int, width: int | None = None) -> np.ndarray:

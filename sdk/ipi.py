@@ -63,8 +63,21 @@ from mtsim.structure import Structure, as_structure
 from mtsim.units import BOHR, HARTREE
 
 __all__ = [
-    "DEFAULT_ADDRESS", "DEFAULT_IDLE_TIMEOUT", "HEADER_LENGTH", "UNIX_PREFIX", "ConnectionLost", "Driver", "IPIError",
-    "IPIPotential", "ProtocolError", "Result", "ServerStopped", "extras", "parse_address", "serve", "unix_path",
+    "DEFAULT_ADDRESS",
+    "DEFAULT_IDLE_TIMEOUT",
+    "HEADER_LENGTH",
+    "UNIX_PREFIX",
+    "ConnectionLost",
+    "Driver",
+    "IPIError",
+    "IPIPotential",
+    "ProtocolError",
+    "Result",
+    "ServerStopped",
+    "extras",
+    "parse_address",
+    "serve",
+    "unix_path",
 ]
 
 HEADER_LENGTH = 12
@@ -150,8 +163,10 @@ class IPIPotential:
             if missing:
                 from ase.data import chemical_symbols
 
-                raise ValueError(f"the model does not support element(s) "
-                                 f"{', '.join(chemical_symbols[z] for z in missing)} of the structure")
+                raise ValueError(
+                    f"the model does not support element(s) "
+                    f"{', '.join(chemical_symbols[z] for z in missing)} of the structure"
+                )
         self.model = model
         self.numbers = template.numbers
         self.pbc = template.pbc
@@ -166,8 +181,10 @@ class IPIPotential:
         cell = np.asarray(h, dtype=np.float64).reshape(3, 3).T * BOHR
         pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3) * BOHR
         if len(pos) != len(self):
-            raise ProtocolError(f"i-PI sent {len(pos)} atoms, but the structure file has {len(self)}; start i-PI "
-                                "and the driver from the same structure (same atoms, same order)")
+            raise ProtocolError(
+                f"i-PI sent {len(pos)} atoms, but the structure file has {len(self)}; start i-PI "
+                "and the driver from the same structure (same atoms, same order)"
+            )
         return Structure(self.numbers, pos, cell, self.pbc)
 
     def __call__(self, cells: Sequence, positions: Sequence) -> list[Result]:
@@ -240,10 +257,19 @@ class Driver:
     checked against the model's (``ValueError``) before connecting.
     """
 
-    def __init__(self, model, structure, address: str | tuple | None = None, unix: str | None = None, *,
-                 timeout: float = 60.0, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-                 connect_timeout: float = 60.0,
-                 reconnect: bool = False, log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        model,
+        structure,
+        address: str | tuple | None = None,
+        unix: str | None = None,
+        *,
+        timeout: float = 60.0,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        connect_timeout: float = 60.0,
+        reconnect: bool = False,
+        log: Callable[[str], None] | None = None,
+    ):
         if address is not None and unix is not None:
             raise ValueError("give either address (HOST:PORT) or unix (a socket name), not both")
         self.potential = model if isinstance(model, IPIPotential) else IPIPotential(model, structure)
@@ -293,9 +319,11 @@ class Driver:
                 return sock
             except OSError as err:  # refused, no such socket file, timeout, unknown host
                 if time.monotonic() + delay > deadline:
-                    raise ConnectionLost(f"could not connect to i-PI at {self.where} within "
-                                         f"{self.connect_timeout:g} s ({err}); is i-PI running with a matching "
-                                         "<ffsocket> (mode, address, port)?") from None
+                    raise ConnectionLost(
+                        f"could not connect to i-PI at {self.where} within "
+                        f"{self.connect_timeout:g} s ({err}); is i-PI running with a matching "
+                        "<ffsocket> (mode, address, port)?"
+                    ) from None
                 time.sleep(delay)
                 delay = min(2 * delay, 1.0)
 
@@ -317,8 +345,9 @@ class Driver:
                 self.log(f"mtsim i-PI driver: EXIT received after {self.evaluations} evaluations")
                 return self.evaluations
             if not self.reconnect:
-                raise ConnectionLost(f"i-PI at {self.where} closed the connection without EXIT after "
-                                     f"{self.evaluations} evaluations")
+                raise ConnectionLost(
+                    f"i-PI at {self.where} closed the connection without EXIT after {self.evaluations} evaluations"
+                )
             self.log("mtsim i-PI driver: connection closed without EXIT; reconnecting")
 
     # -------------------------------------------------------------------------------------- one connection
@@ -347,8 +376,10 @@ class Driver:
                 if not initialised:
                     raise ProtocolError("out-of-order message: POSDATA before INIT (the driver answered NEEDINIT)")
                 if results is not None:
-                    raise ProtocolError("out-of-order message: POSDATA while the forces of the previous POSDATA "
-                                        "were not fetched with GETFORCE")
+                    raise ProtocolError(
+                        "out-of-order message: POSDATA while the forces of the previous POSDATA "
+                        "were not fetched with GETFORCE"
+                    )
                 cells, positions = self._posdata(stream, batch)
                 try:
                     results = self.potential(cells, positions)
@@ -358,8 +389,9 @@ class Driver:
                     raise IPIError(f"the model failed on the structure i-PI sent: {err}") from err
             elif name == "GETFORCE":
                 if results is None:
-                    raise ProtocolError("out-of-order message: GETFORCE without new positions (no POSDATA since "
-                                        "the last GETFORCE)")
+                    raise ProtocolError(
+                        "out-of-order message: GETFORCE without new positions (no POSDATA since the last GETFORCE)"
+                    )
                 stream.send(_forces_message(results, batch), "the forces")
                 results = None
             elif name == "EXIT":
@@ -388,8 +420,10 @@ def serve(model, structure, address: str | tuple | None = None, unix: str | None
 # ================================================================================================ wire helpers
 def _check_count(n: int, expected: int) -> None:
     if n != expected:
-        raise ProtocolError(f"i-PI sent {n} atoms, but the structure file has {expected}; start i-PI and the "
-                            "driver from the same structure (same atoms, same order)")
+        raise ProtocolError(
+            f"i-PI sent {n} atoms, but the structure file has {expected}; start i-PI and the "
+            "driver from the same structure (same atoms, same order)"
+        )
 
 
 def _batch_size(text: str) -> int:
@@ -411,12 +445,19 @@ def _forces_message(results: list[Result], batch: int) -> bytes:
     parts = [_header("FORCEREADY")]
     if batch == 1:
         r = results[0]
-        parts += [np.float64(r.energy).tobytes(), np.int32(n).tobytes(), r.forces.astype(np.float64).tobytes(),
-                  np.ascontiguousarray(r.virial.T, dtype=np.float64).tobytes()]
+        parts += [
+            np.float64(r.energy).tobytes(),
+            np.int32(n).tobytes(),
+            r.forces.astype(np.float64).tobytes(),
+            np.ascontiguousarray(r.virial.T, dtype=np.float64).tobytes(),
+        ]
     else:
-        parts += [np.array([r.energy for r in results], np.float64).tobytes(), np.int32(n).tobytes(),
-                  np.stack([r.forces for r in results]).astype(np.float64).tobytes(),
-                  np.ascontiguousarray(np.stack([r.virial.T for r in results]), dtype=np.float64).tobytes()]
+        parts += [
+            np.array([r.energy for r in results], np.float64).tobytes(),
+            np.int32(n).tobytes(),
+            np.stack([r.forces for r in results]).astype(np.float64).tobytes(),
+            np.ascontiguousarray(np.stack([r.virial.T for r in results]), dtype=np.float64).tobytes(),
+        ]
     for r in results:
         text = r.extras.encode("utf-8")
         parts += [np.int32(len(text)).tobytes(), text]
@@ -436,9 +477,11 @@ class _Stream:
         try:
             first = self.sock.recv(1)
         except socket.timeout:
-            raise ServerStopped(f"no message from the server within idle_timeout = {self.idle_timeout:g} s: it has "
-                                "stopped or hangs (i-PI 3.3.1 stops serving after a driver was killed: restart "
-                                "i-PI, see the README); idle_timeout 0 waits forever") from None
+            raise ServerStopped(
+                f"no message from the server within idle_timeout = {self.idle_timeout:g} s: it has "
+                "stopped or hangs (i-PI 3.3.1 stops serving after a driver was killed: restart "
+                "i-PI, see the README); idle_timeout 0 waits forever"
+            ) from None
         except (ConnectionResetError, ConnectionAbortedError) as err:
             raise ConnectionLost(f"the server reset the connection ({err})") from None
         if not first:
@@ -447,9 +490,11 @@ class _Stream:
         raw = first + self.exact(HEADER_LENGTH - 1, "a message header")
         name = raw.rstrip(b" \x00").decode("ascii", errors="replace")
         if name not in SERVER_MESSAGES:
-            raise ProtocolError(f"malformed or unknown message header {raw!r}; expected one of "
-                                f"{', '.join(SERVER_MESSAGES)} (is the server speaking the i-PI protocol, without "
-                                "shared memory?)")
+            raise ProtocolError(
+                f"malformed or unknown message header {raw!r}; expected one of "
+                f"{', '.join(SERVER_MESSAGES)} (is the server speaking the i-PI protocol, without "
+                "shared memory?)"
+            )
         return name
 
     def exact(self, size: int, what: str) -> bytes:
@@ -459,8 +504,10 @@ class _Stream:
         while got < size:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
-                raise ProtocolError(f"truncated message: {what} stopped after {got} of {size} bytes "
-                                    f"(nothing more within timeout = {self.timeout:g} s)")
+                raise ProtocolError(
+                    f"truncated message: {what} stopped after {got} of {size} bytes "
+                    f"(nothing more within timeout = {self.timeout:g} s)"
+                )
             self.sock.settimeout(remaining)
             try:
                 part = self.sock.recv_into(view[got:], size - got)
@@ -469,8 +516,9 @@ class _Stream:
             except (ConnectionResetError, ConnectionAbortedError) as err:
                 raise ConnectionLost(f"the server reset the connection in the middle of {what} ({err})") from None
             if part == 0:
-                raise ConnectionLost(f"the server closed the connection in the middle of {what} "
-                                     f"({got} of {size} bytes)")
+                raise ConnectionLost(
+                    f"the server closed the connection in the middle of {what} ({got} of {size} bytes)"
+                )
             got += part
         return bytes(buffer)
 

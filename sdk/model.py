@@ -46,10 +46,17 @@ def split_outputs(outputs: dict[str, np.ndarray], atoms_per_structure: Sequence[
     outputs indexed by structure, per-atom outputs sliced by the structures' atom counts (in batch order)."""
     bounds = np.cumsum([0, *atoms_per_structure])
     if bounds[-1] != len(outputs[PER_ATOM_OUTPUTS[0]]):
-        raise ValueError(f"the outputs hold {len(outputs[PER_ATOM_OUTPUTS[0]])} atoms, but atoms_per_structure "
-                         f"adds up to {bounds[-1]}")
-    return [{name: outputs[name][k] if name in PER_STRUCTURE_OUTPUTS else outputs[name][bounds[k]:bounds[k + 1]]
-             for name in OUTPUT_NAMES} for k in range(len(atoms_per_structure))]
+        raise ValueError(
+            f"the outputs hold {len(outputs[PER_ATOM_OUTPUTS[0]])} atoms, but atoms_per_structure "
+            f"adds up to {bounds[-1]}"
+        )
+    return [
+        {
+            name: outputs[name][k] if name in PER_STRUCTURE_OUTPUTS else outputs[name][bounds[k] : bounds[k + 1]]
+            for name in OUTPUT_NAMES
+        }
+        for k in range(len(atoms_per_structure))
+    ]
 
 
 @dataclass
@@ -141,8 +148,13 @@ class Model:
     outputs whose head was never trained (the graph still returns numbers for them; they are not predictions).
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 memory_budget: float | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: str = "auto",
+        threads: int | None = None,
+        memory_budget: float | None = None,
+    ):
         self.path = Path(path)
         self.memory_budget = None if memory_budget is None else positive("memory_budget (bytes)", memory_budget)
         self.device = resolve_device(device)
@@ -161,8 +173,10 @@ class Model:
         self.io_binding = self.device == "cuda"
 
     def __repr__(self) -> str:
-        return (f"mtsim.Model({self.metadata.get('model_name', '?')}, {self.precision}, device={self.device!r}, "
-                f"path={str(self.path)!r})")
+        return (
+            f"mtsim.Model({self.metadata.get('model_name', '?')}, {self.precision}, device={self.device!r}, "
+            f"path={str(self.path)!r})"
+        )
 
     # ------------------------------------------------------------------------------------------ evaluation
     def check_elements(self, numbers: np.ndarray) -> None:
@@ -201,8 +215,9 @@ class Model:
         per_slot = BYTES_PER_SLOT_CHANNEL_MODULE * config.get("dim", 128) * modules * self.dtype.itemsize
         return per_slot * slots
 
-    def predict(self, structures, *, batch_size: int | None = None,
-                allow_overlap: bool = False) -> Prediction | list[Prediction]:
+    def predict(
+        self, structures, *, batch_size: int | None = None, allow_overlap: bool = False
+    ) -> Prediction | list[Prediction]:
         """Predict every output for an ``ase.Atoms`` / ``mtsim.Structure`` or a list of them.
 
         Lists are evaluated in batches of consecutive structures, at most ``batch_size`` of them, ``ATOM_BUDGET``
@@ -217,8 +232,10 @@ class Model:
         for s in items:
             self.check_elements(s.numbers)
         budget = self.memory_budget if self.memory_budget is not None else 0.8 * available_memory()
-        graphs = (build_graph([s], self.cutoff, dtype=self.dtype, check_overlap=not allow_overlap,
-                              neighbors=self.neighbors) for s in items)  # built as the batches need them
+        graphs = (
+            build_graph([s], self.cutoff, dtype=self.dtype, check_overlap=not allow_overlap, neighbors=self.neighbors)
+            for s in items
+        )  # built as the batches need them
         results: list[Prediction] = []
         for batch in _batches(graphs, batch_size, None if self.device == "cuda" else CPU_SLOT_BUDGET):
             pending = [batch]
@@ -237,8 +254,9 @@ class Model:
                     pending[:0] = [chunk[:half], chunk[half:]]
                     continue
                 out = self.evaluate(graph)
-                results += [Prediction.from_outputs(values)
-                            for values in split_outputs(out, [len(g["numbers"]) for g in chunk])]
+                results += [
+                    Prediction.from_outputs(values) for values in split_outputs(out, [len(g["numbers"]) for g in chunk])
+                ]
         return results[0] if single else results
 
 
@@ -282,8 +300,10 @@ def check_inputs(inputs: dict[str, np.ndarray], dtype: np.dtype, elements: Seque
             raise InputError(f"input {name!r} must have shape {shape}, got {value.shape}")
         for dim, size in zip(shape, value.shape):
             if isinstance(dim, int) and size != dim or sizes.setdefault(str(dim), size) != size:
-                raise InputError(f"input {name!r} has shape {value.shape}, expected {shape} with n = "
-                                 f"{sizes.get('n')}, b = {sizes.get('b')}, e = {sizes.get('e')}")
+                raise InputError(
+                    f"input {name!r} has shape {value.shape}, expected {shape} with n = "
+                    f"{sizes.get('n')}, b = {sizes.get('b')}, e = {sizes.get('e')}"
+                )
     n, b, e = sizes["n"], sizes["b"], sizes["e"]
     for name in ("positions", "cell", "shifts"):
         if not np.isfinite(inputs[name]).all():
@@ -299,13 +319,17 @@ def check_inputs(inputs: dict[str, np.ndarray], dtype: np.dtype, elements: Seque
             raise InputError(f"input 'batch' must be sorted structure indices in 0..{b - 1}")
     edges = inputs["edge_index"]
     if e and (edges.min() < 0 or edges.max() >= n):
-        raise InputError(f"input 'edge_index' holds atom index {edges.min() if edges.min() < 0 else edges.max()}; "
-                         f"expected 0..{n - 1}")
+        raise InputError(
+            f"input 'edge_index' holds atom index {edges.min() if edges.min() < 0 else edges.max()}; "
+            f"expected 0..{n - 1}"
+        )
     for name in ("receiver_slots", "sender_slots"):
         slots = inputs[name]
         if slots.size and (slots.min() < 0 or slots.max() > e):
-            raise InputError(f"input {name!r} holds edge index {slots.min() if slots.min() < 0 else slots.max()}; "
-                             f"expected 0..{e} ({e}: padding)")
+            raise InputError(
+                f"input {name!r} holds edge index {slots.min() if slots.min() < 0 else slots.max()}; "
+                f"expected 0..{e} ({e}: padding)"
+            )
 
 
 def check_elements(numbers: np.ndarray, elements: Sequence[int]) -> None:
@@ -338,8 +362,11 @@ def _batches(graphs, batch_size: int | None, slot_budget: int | None):
     atoms = width = 0
     for graph in graphs:
         n, kr = graph["receiver_slots"].shape
-        if batch and ((batch_size and len(batch) >= batch_size) or atoms + n > ATOM_BUDGET
-                      or (slot_budget and (atoms + n) * (max(width, kr) + 1) > slot_budget)):
+        if batch and (
+            (batch_size and len(batch) >= batch_size)
+            or atoms + n > ATOM_BUDGET
+            or (slot_budget and (atoms + n) * (max(width, kr) + 1) > slot_budget)
+        ):
             yield batch
             batch, atoms, width = [], 0, 0
         batch.append(graph)
@@ -348,8 +375,13 @@ def _batches(graphs, batch_size: int | None, slot_budget: int | None):
         yield batch
 
 
-def load(model: str | os.PathLike | None = None, device: str = "auto", precision: str | None = None,
-         threads: int | None = None, memory_budget: float | None = None) -> Model:
+def load(
+    model: str | os.PathLike | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    threads: int | None = None,
+    memory_budget: float | None = None,
+) -> Model:
     """Load an mtsim ONNX model (``None``: the bundled default). ``device``: ``"auto"``, ``"cpu"`` or ``"cuda"``;
     ``precision``: ``"float32"``/``"float64"`` picks between files of one stem; ``threads``: intra-op threads;
     ``memory_budget``: bytes per evaluation (see ``Model``)."""

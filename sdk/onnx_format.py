@@ -38,18 +38,37 @@ OUTPUT_NAMES = ("energy", "forces", "stress", "magmoms", "charges", "born_charge
 PRECISIONS = ("float32", "float64")
 
 INPUT_SHAPES = {
-    "numbers": ("n",), "positions": ("n", 3), "cell": ("b", 3, 3), "batch": ("n",),
-    "edge_index": (2, "e"), "shifts": ("e", 3), "receiver_slots": ("n", "kr"), "sender_slots": ("n", "ks"),
+    "numbers": ("n",),
+    "positions": ("n", 3),
+    "cell": ("b", 3, 3),
+    "batch": ("n",),
+    "edge_index": (2, "e"),
+    "shifts": ("e", 3),
+    "receiver_slots": ("n", "kr"),
+    "sender_slots": ("n", "ks"),
 }
 OUTPUT_SHAPES = {
-    "energy": ("b",), "forces": ("n", 3), "stress": ("b", 3, 3), "magmoms": ("n",), "charges": ("n",),
-    "born_charges": ("n", 3, 3), "dielectric": ("b", 3, 3),
+    "energy": ("b",),
+    "forces": ("n", 3),
+    "stress": ("b", 3, 3),
+    "magmoms": ("n",),
+    "charges": ("n",),
+    "born_charges": ("n", 3, 3),
+    "dielectric": ("b", 3, 3),
 }
 INTEGER_INPUTS = ("numbers", "batch", "edge_index", "receiver_slots", "sender_slots")
 
 UNITS = {
-    "positions": "Å", "cell": "Å", "shifts": "1 (integer cell shifts)", "energy": "eV", "forces": "eV/Å",
-    "stress": "eV/Å^3", "magmoms": "μB", "charges": "e", "born_charges": "e", "dielectric": "1",
+    "positions": "Å",
+    "cell": "Å",
+    "shifts": "1 (integer cell shifts)",
+    "energy": "eV",
+    "forces": "eV/Å",
+    "stress": "eV/Å^3",
+    "magmoms": "μB",
+    "charges": "e",
+    "born_charges": "e",
+    "dielectric": "1",
 }
 
 # metadata keys ---------------------------------------------------------------------------------------------
@@ -76,11 +95,11 @@ METADATA_KEYS = {
 REQUIRED_KEYS = tuple(METADATA_KEYS)
 OPTIONAL_KEYS = {
     "untrained_outputs": "JSON list of outputs whose head was never trained: their values are not predictions "
-                         "(absent: not recorded)",
+    "(absent: not recorded)",
     KEY_SESSION_OPTIONS: "JSON: onnxruntime SessionOptions per device (cpu, cuda) the graph needs (absent: "
-                         "SESSION_OPTIONS)",
+    "SESSION_OPTIONS)",
     "weights_sha256": "sha256 of the weights (every initializer's data bytes in graph order, ``weights_sha256()``), "
-                      "verified by mtsim.load (absent: older files, loaded with a warning)",
+    "verified by mtsim.load (absent: older files, loaded with a warning)",
 }
 KEY_WEIGHTS_SHA256 = "weights_sha256"
 """The metadata key of the weights' checksum."""
@@ -93,8 +112,12 @@ rematerialisation relies on (half the peak memory), and no memory pattern (plann
 calls of each new shape ran 2-3x slower and later calls held a second copy of every buffer)."""
 
 DTYPES = (  # ONNX TensorProto data type, numpy name, onnxruntime type string
-    (1, "float32", "tensor(float)"), (11, "float64", "tensor(double)"), (10, "float16", "tensor(float16)"),
-    (16, "bfloat16", "tensor(bfloat16)"), (7, "int64", "tensor(int64)"), (6, "int32", "tensor(int32)"),
+    (1, "float32", "tensor(float)"),
+    (11, "float64", "tensor(double)"),
+    (10, "float16", "tensor(float16)"),
+    (16, "bfloat16", "tensor(bfloat16)"),
+    (7, "int64", "tensor(int64)"),
+    (6, "int32", "tensor(int32)"),
     (9, "bool", "tensor(bool)"),
 )
 """The element types mtsim names: one row per type."""
@@ -300,8 +323,9 @@ def weights_sha256(source: str | os.PathLike | bytes) -> str:
                     continue
                 for t_field, _, t_start, t_end in _fields(data, g_start, g_end):
                     if t_field == _DATA_LOCATION and data[t_start] == 1:
-                        raise NotMtsimOnnxError(f"{path} keeps its weights in an external file; their checksum "
-                                                "is not verified")
+                        raise NotMtsimOnnxError(
+                            f"{path} keeps its weights in an external file; their checksum is not verified"
+                        )
                     if t_field in _TENSOR_DATA:
                         digest.update(data[t_start:t_end])
     except ValueError as err:
@@ -316,8 +340,12 @@ def verify_weights(path: str | os.PathLike, metadata: dict[str, str]) -> bool:
 
     expected = metadata.get(KEY_WEIGHTS_SHA256)
     if expected is None:
-        warnings.warn(f"{path} carries no {KEY_WEIGHTS_SHA256}: its weights cannot be verified (re-export it with "
-                      "`mtsim convert`)", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{path} carries no {KEY_WEIGHTS_SHA256}: its weights cannot be verified (re-export it with "
+            "`mtsim convert`)",
+            UserWarning,
+            stacklevel=3,
+        )
         return False
     try:
         found = weights_sha256(path)
@@ -325,9 +353,11 @@ def verify_weights(path: str | os.PathLike, metadata: dict[str, str]) -> bool:
         warnings.warn(str(err), UserWarning, stacklevel=3)
         return False
     if found != expected:
-        raise CorruptWeightsError(f"{path}: the weights do not match the file's checksum ({KEY_WEIGHTS_SHA256} "
-                                  f"{expected[:16]}..., found {found[:16]}...): the file is damaged; download or "
-                                  "export it again")
+        raise CorruptWeightsError(
+            f"{path}: the weights do not match the file's checksum ({KEY_WEIGHTS_SHA256} "
+            f"{expected[:16]}..., found {found[:16]}...): the file is damaged; download or "
+            "export it again"
+        )
     return True
 
 
@@ -385,8 +415,11 @@ def _read_with_onnx(path: str) -> OnnxModelInfo:
     initializer_names = {init.name for init in graph.initializer}
 
     def io(values, skip=()):
-        return [(v.name, DTYPE_NAMES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
-                 _shape_of(v)) for v in values if v.name not in skip]
+        return [
+            (v.name, DTYPE_NAMES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)), _shape_of(v))
+            for v in values
+            if v.name not in skip
+        ]
 
     op_counts: dict[str, int] = {}
     for node in _all_nodes(model):
@@ -436,9 +469,12 @@ def _read_with_onnxruntime(path: str) -> OnnxModelInfo:
 
 def session_info(path, session) -> OnnxModelInfo:
     """What an open onnxruntime session tells of its file (metadata, inputs, outputs)."""
+
     def io(values):
-        return [(v.name, ORT_DTYPE_NAMES.get(v.type, v.type), tuple(d if d is not None else "?" for d in v.shape))
-                for v in values]
+        return [
+            (v.name, ORT_DTYPE_NAMES.get(v.type, v.type), tuple(d if d is not None else "?" for d in v.shape))
+            for v in values
+        ]
 
     return OnnxModelInfo(
         path=os.fspath(path),
@@ -467,10 +503,14 @@ def check_mtsim_metadata(info: OnnxModelInfo) -> OnnxModelInfo:
     except (TypeError, ValueError):
         raise UnsupportedFormatVersionError(
             f"{path} has an unreadable {KEY_VERSION} {raw_version!r}; this mtsim reads versions "
-            f"{list(SUPPORTED_FORMAT_VERSIONS)}") from None
+            f"{list(SUPPORTED_FORMAT_VERSIONS)}"
+        ) from None
     if version not in SUPPORTED_FORMAT_VERSIONS:
-        newer = (" (written by a newer mtsim: upgrade mtsim)" if version > max(SUPPORTED_FORMAT_VERSIONS) else
-                 " (written by an older mtsim: re-export its checkpoint with `mtsim convert`)")
+        newer = (
+            " (written by a newer mtsim: upgrade mtsim)"
+            if version > max(SUPPORTED_FORMAT_VERSIONS)
+            else " (written by an older mtsim: re-export its checkpoint with `mtsim convert`)"
+        )
         raise UnsupportedFormatVersionError(
             f"{path} has mtsim ONNX format version {version}{newer}; this mtsim reads versions "
             f"{list(SUPPORTED_FORMAT_VERSIONS)}"
@@ -489,8 +529,9 @@ def check_mtsim_metadata(info: OnnxModelInfo) -> OnnxModelInfo:
         float(meta["cutoff"])
         [int(z) for z in meta["elements"].split(",")]
     except ValueError:
-        raise NotMtsimOnnxError(f"{path}: unreadable cutoff {meta['cutoff']!r} or elements "
-                                f"{meta['elements'][:40]!r}") from None
+        raise NotMtsimOnnxError(
+            f"{path}: unreadable cutoff {meta['cutoff']!r} or elements {meta['elements'][:40]!r}"
+        ) from None
     inputs = {name: (dtype, shape) for name, dtype, shape in info.inputs}
     outputs = [name for name, _, _ in info.outputs]
     if tuple(inputs) != INPUT_NAMES:

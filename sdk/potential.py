@@ -46,8 +46,9 @@ class Potential(Protocol):
 
     def evaluate(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def predict(self, structures, *, batch_size: int | None = None,
-                allow_overlap: bool = False) -> Prediction | list[Prediction]: ...
+    def predict(
+        self, structures, *, batch_size: int | None = None, allow_overlap: bool = False
+    ) -> Prediction | list[Prediction]: ...
 
 
 class MDError(RuntimeError):
@@ -138,8 +139,10 @@ class ModelPotential:
     def _check_distances(self, state, i, j, S, d):
         k = first_overlap(i, j, S, d)
         if k is not None:
-            raise MDError(f"step {state.step}: {self._label(state, i[k])} and {self._label(state, j[k])} are "
-                          f"{d[k]:.3g} Å apart (below {MIN_DISTANCE} Å); the dynamics has exploded")
+            raise MDError(
+                f"step {state.step}: {self._label(state, i[k])} and {self._label(state, j[k])} are "
+                f"{d[k]:.3g} Å apart (below {MIN_DISTANCE} Å); the dynamics has exploded"
+            )
 
     def _check_forces(self, state):
         norms = np.linalg.norm(state.forces, axis=1)
@@ -151,5 +154,7 @@ class ModelPotential:
             raise MDError(f"step {state.step}: the energy is NaN or infinite")
         atom = int(np.argmax(norms)) if len(norms) else 0
         if len(norms) and norms[atom] > self.max_force:
-            raise MDError(f"step {state.step}: exploding force on {self._label(state, atom)}: "
-                          f"|F| = {norms[atom]:.4g} eV/Å > {self.max_force:g} eV/Å")
+            raise MDError(
+                f"step {state.step}: exploding force on {self._label(state, atom)}: "
+                f"|F| = {norms[atom]:.4g} eV/Å > {self.max_force:g} eV/Å"
+            )

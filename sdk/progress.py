@@ -12,5 +12,6 @@ def progress(iterable=None, label: str = "", enabled: bool = True, length: int |
     or the bare ``iterable`` when not ``enabled``."""
     if not enabled:
         return contextlib.nullcontext(iterable)
-    return click.progressbar(iterable, length=length, label=label, file=click.get_text_stream("stderr"),
-                             show_eta=True, show_pos=True)
+    return click.progressbar(
+        iterable, length=length, label=label, file=click.get_text_stream("stderr"), show_eta=True, show_pos=True
+    )

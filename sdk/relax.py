@@ -85,9 +85,19 @@ def relax_arguments(fmax, pressure=0.0, max_steps=500) -> None:
     integer("max_steps", max_steps, 0)
 
 
-def relax(model, structure, fmax: float = 0.01, cell: bool = False, pressure: float = 0.0, max_steps: int = 500,
-          *, stress_tol: float | None = None, maxstep: float = 0.2, skin: float = DEFAULT_SKIN,
-          callback=None) -> RelaxResult:
+def relax(
+    model,
+    structure,
+    fmax: float = 0.01,
+    cell: bool = False,
+    pressure: float = 0.0,
+    max_steps: int = 500,
+    *,
+    stress_tol: float | None = None,
+    maxstep: float = 0.2,
+    skin: float = DEFAULT_SKIN,
+    callback=None,
+) -> RelaxResult:
     """Relax ``structure`` (ase.Atoms or mtsim.Structure) on ``model`` with FIRE.
 
     ``fmax`` eV/Å; ``cell``: relax the cell too (needs 3D periodicity) at ``pressure`` GPa; ``max_steps`` caps
@@ -114,8 +124,13 @@ def relax(model, structure, fmax: float = 0.01, cell: bool = False, pressure: fl
         potential.compute(state)
         forces = state.forces
         f_max = float(np.linalg.norm(forces, axis=1).max(initial=0.0))
-        record = {"step": step, "energy": state.energy, "enthalpy": state.energy + p_ext * state.volume,
-                  "fmax": f_max, "volume": state.volume}
+        record = {
+            "step": step,
+            "energy": state.energy,
+            "enthalpy": state.energy + p_ext * state.volume,
+            "fmax": f_max,
+            "volume": state.volume,
+        }
         done = f_max < fmax
         if cell:
             residual = state.stress + p_ext * np.eye(3)
@@ -151,6 +166,14 @@ def relax(model, structure, fmax: float = 0.01, cell: bool = False, pressure: fl
             state.positions = state.positions + dr
         steps += 1
         generalized, converged = evaluate(steps)
-    return RelaxResult(structure=state.to_structure(), energy=state.energy, converged=bool(converged), steps=steps,
-                       history=history, enthalpy=state.energy + p_ext * state.volume, prediction=state.prediction(),
-                       fmax=history[-1]["fmax"], stress=state.stress.copy())
+    return RelaxResult(
+        structure=state.to_structure(),
+        energy=state.energy,
+        converged=bool(converged),
+        steps=steps,
+        history=history,
+        enthalpy=state.energy + p_ext * state.volume,
+        prediction=state.prediction(),
+        fmax=history[-1]["fmax"],
+        stress=state.stress.copy(),
+    )

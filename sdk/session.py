@@ -30,11 +30,14 @@ def session_options(metadata: dict[str, str], device: str) -> dict:
         try:
             options = json.loads(metadata[KEY_SESSION_OPTIONS])
         except ValueError:
-            raise NotMtsimOnnxError(f"unreadable {KEY_SESSION_OPTIONS} metadata "
-                                    f"{metadata[KEY_SESSION_OPTIONS][:80]!r} (not JSON)") from None
+            raise NotMtsimOnnxError(
+                f"unreadable {KEY_SESSION_OPTIONS} metadata {metadata[KEY_SESSION_OPTIONS][:80]!r} (not JSON)"
+            ) from None
         if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-            raise NotMtsimOnnxError(f"{KEY_SESSION_OPTIONS} metadata must map devices to option dicts, got "
-                                    f"{metadata[KEY_SESSION_OPTIONS][:80]!r}")
+            raise NotMtsimOnnxError(
+                f"{KEY_SESSION_OPTIONS} metadata must map devices to option dicts, got "
+                f"{metadata[KEY_SESSION_OPTIONS][:80]!r}"
+            )
     return dict(options.get(device, {}))
 
 
@@ -42,21 +45,24 @@ def _apply(options, settings: dict) -> None:
     """Set ``settings`` (attribute -> value, enums by name) on an ``ort.SessionOptions``."""
     import onnxruntime as ort
 
-    enums = {"execution_order": ort.ExecutionOrder, "execution_mode": ort.ExecutionMode,
-             "graph_optimization_level": ort.GraphOptimizationLevel}
+    enums = {
+        "execution_order": ort.ExecutionOrder,
+        "execution_mode": ort.ExecutionMode,
+        "graph_optimization_level": ort.GraphOptimizationLevel,
+    }
     for name, value in settings.items():
         if name in enums:
             if not hasattr(enums[name], str(value)):
-                raise NotMtsimOnnxError(f"{KEY_SESSION_OPTIONS}: {name}={value!r} is not an onnxruntime "
-                                        f"{enums[name].__name__}")
+                raise NotMtsimOnnxError(
+                    f"{KEY_SESSION_OPTIONS}: {name}={value!r} is not an onnxruntime {enums[name].__name__}"
+                )
             value = getattr(enums[name], value)
         elif not (hasattr(options, name) and isinstance(value, (bool, int, float, str))):
             raise NotMtsimOnnxError(f"{KEY_SESSION_OPTIONS}: {name!r} is not an onnxruntime session option")
         setattr(options, name, value)
 
 
-def open_session(path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
-                 cpu_arena: bool = True):
+def open_session(path: str | os.PathLike, device: str = "cpu", threads: int | None = None, cpu_arena: bool = True):
     """An onnxruntime ``InferenceSession`` of the ONNX file ``path`` on ``device`` ("cpu" or "cuda"), with the
     session options its metadata asks for (``session_options``), ``threads`` intra-op threads (None or 0:
     onnxruntime's default) and, with ``cpu_arena=False``, onnxruntime's CPU memory arena off.
@@ -89,6 +95,8 @@ def open_session(path: str | os.PathLike, device: str = "cpu", threads: int | No
     except Exception as err:  # onnxruntime raises its own exception types for corrupt files
         raise CorruptOnnxError(f"{path} is not a readable ONNX model (corrupt or truncated): {err}") from None
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
-        raise RuntimeError("onnxruntime could not start its CUDA provider (are CUDA 13 and cuDNN 9 installed? "
-                           "pip install 'mtsim[cuda]'); load the model with device='cpu' to run on the CPU")
+        raise RuntimeError(
+            "onnxruntime could not start its CUDA provider (are CUDA 13 and cuDNN 9 installed? "
+            "pip install 'mtsim[cuda]'); load the model with device='cpu' to run on the CPU"
+        )
     return session

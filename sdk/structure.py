@@ -142,5 +142,4 @@ def iread_frames(path):
             frame += 1
             line += len(atoms) + 2
     except Exception as err:  # noqa: BLE001 - ASE raises many types for unreadable files
-        raise StructureFileError(path, frame, line if counts_lines else None, f"{type(err).__name__}: {err}"
-                                 ) from None
+        raise StructureFileError(path, frame, line if counts_lines else None, f"{type(err).__name__}: {err}") from None

@@ -18,8 +18,18 @@ import os
 
 import numpy as np
 
-LOG_COLUMNS = ("step", "time_fs", "temperature_K", "potential_energy_eV", "kinetic_energy_eV", "conserved_eV",
-               "pressure_GPa", "polarization_x_uC_cm2", "polarization_y_uC_cm2", "polarization_z_uC_cm2")
+LOG_COLUMNS = (
+    "step",
+    "time_fs",
+    "temperature_K",
+    "potential_energy_eV",
+    "kinetic_energy_eV",
+    "conserved_eV",
+    "pressure_GPa",
+    "polarization_x_uC_cm2",
+    "polarization_y_uC_cm2",
+    "polarization_z_uC_cm2",
+)
 
 
 def open_output(path: str | os.PathLike, overwrite: bool = False, append: bool = False, **kwargs):
@@ -70,14 +80,21 @@ def frame(state):
     atoms.set_momenta(state.momenta)
     outputs = state.outputs
     atoms.info.update(
-        energy=float(outputs["energy"]), stress=np.asarray(outputs["stress"]).reshape(9),
-        dielectric=np.asarray(outputs["dielectric"]).reshape(9), polarization=np.asarray(state.polarization),
-        field=np.asarray(state.field), time_fs=float(state.time), step=int(state.step),
+        energy=float(outputs["energy"]),
+        stress=np.asarray(outputs["stress"]).reshape(9),
+        dielectric=np.asarray(outputs["dielectric"]).reshape(9),
+        polarization=np.asarray(state.polarization),
+        field=np.asarray(state.field),
+        time_fs=float(state.time),
+        step=int(state.step),
         temperature_K=float(state.temperature),
     )
-    atoms.arrays.update(forces=np.asarray(outputs["forces"]), magmoms=np.asarray(outputs["magmoms"]),
-                        charges=np.asarray(outputs["charges"]),
-                        born_charges=np.asarray(outputs["born_charges"]).reshape(n, 9))
+    atoms.arrays.update(
+        forces=np.asarray(outputs["forces"]),
+        magmoms=np.asarray(outputs["magmoms"]),
+        charges=np.asarray(outputs["charges"]),
+        born_charges=np.asarray(outputs["born_charges"]).reshape(n, 9),
+    )
     return atoms
 
 

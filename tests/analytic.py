@@ -69,8 +69,13 @@ class PairModel:
         stress = np.where(volume[:, None, None] > 0, virial / np.where(volume > 0, volume, 1)[:, None, None], 0)
         q = np.array([self.charges.get(int(z), 0.0) for z in numbers])
         return {
-            "energy": energy, "forces": forces, "stress": stress, "magmoms": np.zeros(n), "charges": q,
-            "born_charges": q[:, None, None] * np.eye(3), "dielectric": np.repeat(self.dielectric[None], b, 0),
+            "energy": energy,
+            "forces": forces,
+            "stress": stress,
+            "magmoms": np.zeros(n),
+            "charges": q,
+            "born_charges": q[:, None, None] * np.eye(3),
+            "dielectric": np.repeat(self.dielectric[None], b, 0),
         }
 
     def predict(self, structures, *, batch_size=None, allow_overlap=False):

@@ -28,8 +28,12 @@ def _fake_dfpt_file(path, num=40, seed=0, duplicate=True):
     for k in range(num):
         n = int(rng.integers(1, 5))
         cell = np.diag(rng.uniform(3.5, 5.0, 3)) + rng.uniform(-0.3, 0.3, (3, 3))
-        atoms = ase.Atoms([symbols[int(rng.integers(len(symbols)))] for _ in range(n)],
-                          scaled_positions=rng.uniform(size=(n, 3)), cell=cell, pbc=True)
+        atoms = ase.Atoms(
+            [symbols[int(rng.integers(len(symbols)))] for _ in range(n)],
+            scaled_positions=rng.uniform(size=(n, 3)),
+            cell=cell,
+            pbc=True,
+        )
         atoms.arrays["becs"] = rng.normal(size=(n, 9))
         atoms.info["eps"] = (np.eye(3) * rng.uniform(2, 10) + 0.1 * rng.normal(size=(3, 3))).reshape(9)
         frames.append(atoms)
@@ -80,8 +84,9 @@ def test_born_convention_conversion_by_hand():
     # field first: Z[a, b] = dP_a / du_b. Moving the ion along y by u (charge e) gives P = (2u, u, 0).
     field_first = np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     displacement_first = np.array([[1.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # Z'[b, a] = dP_a/du_b
-    np.testing.assert_array_equal(dfpt.to_field_first(displacement_first[None], dfpt.DISPLACEMENT_FIRST)[0],
-                                  field_first)
+    np.testing.assert_array_equal(
+        dfpt.to_field_first(displacement_first[None], dfpt.DISPLACEMENT_FIRST)[0], field_first
+    )
     np.testing.assert_array_equal(dfpt.to_field_first(field_first.reshape(1, 9), dfpt.FIELD_FIRST)[0], field_first)
     np.testing.assert_allclose(field_first @ [0.0, 1.0, 0.0], [2.0, 1.0, 0.0])
     with pytest.raises(ValueError):
@@ -98,8 +103,9 @@ def test_dfpt_output_layout_and_conversion(tmp_path):
                 raw = frames[atoms.info["source_index"]].arrays["becs"].reshape(-1, 3, 3)
                 expect = raw if convention == dfpt.FIELD_FIRST else raw.transpose(0, 2, 1)
                 np.testing.assert_allclose(atoms.arrays["born_charges"].reshape(-1, 3, 3), expect, atol=1e-7)
-                np.testing.assert_allclose(atoms.info["dielectric"],
-                                           frames[atoms.info["source_index"]].info["eps"], atol=1e-7)
+                np.testing.assert_allclose(
+                    atoms.info["dielectric"], frames[atoms.info["source_index"]].info["eps"], atol=1e-7
+                )
     ds = AtomsDataset.from_files([tmp_path / dfpt.FIELD_FIRST / "train.extxyz"], cutoff=4.0)
     counts = ds.label_counts()
     assert counts["born_charges"] == counts["dielectric"] == len(ds) > 0 and counts["energy"] == 0
@@ -133,8 +139,9 @@ def test_polarization_check_tells_the_index_order():
 def test_antisymmetric_correlation_sees_a_transpose_through_rotations():
     rng = np.random.default_rng(2)
     cell = np.array([[4.6, 0.3, 0.1], [0.2, 5.1, 0.4], [0.0, 0.3, 5.6]])
-    atoms = ase.Atoms("SiO2", scaled_positions=[[0.1, 0.2, 0.3], [0.45, 0.5, 0.6], [0.7, 0.85, 0.15]], cell=cell,
-                      pbc=True)
+    atoms = ase.Atoms(
+        "SiO2", scaled_positions=[[0.1, 0.2, 0.3], [0.45, 0.5, 0.6], [0.7, 0.85, 0.15]], cell=cell, pbc=True
+    )
     born = rng.normal(size=(3, 3, 3))
     for det in (1, -1):
         q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
@@ -142,8 +149,7 @@ def test_antisymmetric_correlation_sees_a_transpose_through_rotations():
         moved = ase.Atoms("SiO2", positions=atoms.positions @ rot.T, cell=atoms.cell[:] @ rot.T, pbc=True)
         born_moved = np.einsum("ab,ibc,dc->iad", rot, born, rot)
         assert dfpt.antisymmetric_correlation([atoms], [born], moved, born_moved, cutoff=4.0) > 0.99
-        assert dfpt.antisymmetric_correlation([atoms], [born.transpose(0, 2, 1)], moved, born_moved,
-                                              cutoff=4.0) < -0.99
+        assert dfpt.antisymmetric_correlation([atoms], [born.transpose(0, 2, 1)], moved, born_moved, cutoff=4.0) < -0.99
 
 
 # ------------------------------------------------------------------------------------------- generated structures
@@ -215,12 +221,14 @@ def test_overlap_filter():
     assert not structures.min_distance_ok(atoms)
     atoms.positions[1, 0] = 0.8
     assert structures.min_distance_ok(atoms)
-    assert not structures.min_distance_ok(ase.Atoms("Cs2", positions=[[0, 0, 0], [1.5, 0, 0]], cell=[9, 9, 9],
-                                                    pbc=True))
+    assert not structures.min_distance_ok(
+        ase.Atoms("Cs2", positions=[[0, 0, 0], [1.5, 0, 0]], cell=[9, 9, 9], pbc=True)
+    )
 
 
 def test_density_filter_rejects_metallic_hydrogen():
     from ase.build import bulk
+
     assert not structures.density_ok(bulk("H", "fcc", a=0.9))  # H at covalent contact: ~3000 neighbours in 5 Å
     assert structures.density_ok(bulk("Si", "diamond", a=5.43))  # 28 within 5 Å
     assert "H" not in structures.ELEMENTS and "Si" in structures.ELEMENTS
@@ -229,8 +237,9 @@ def test_density_filter_rejects_metallic_hydrogen():
 def test_phonondb_bases_use_only_the_train_split(tmp_path):
     _fake_dfpt_file(tmp_path / "x.xyz", num=30, duplicate=False)
     manifest = dfpt.build(tmp_path / "x.xyz", tmp_path / "dfpt", seed=0, quiet=True)
-    bases = structures.base_structures(tmp_path / "x.xyz", tmp_path / "dfpt" / "manifest.json", elements=("Si",),
-                                       num_binaries=0)
+    bases = structures.base_structures(
+        tmp_path / "x.xyz", tmp_path / "dfpt" / "manifest.json", elements=("Si",), num_binaries=0
+    )
     phonondb = [b for b in bases if b.info["category"] == "phonondb"]
     assert len(phonondb) == manifest["splits"]["train"]["structures"]
     assert {b.info["structure_id"] for b in phonondb} == set(manifest["splits"]["train"]["structure_ids"])
@@ -238,8 +247,12 @@ def test_phonondb_bases_use_only_the_train_split(tmp_path):
 
 def test_structures_command_line(tmp_path):
     out = tmp_path / "gen.extxyz"
-    assert structures.main(["--out", str(out), "--size", "12", "--elements", "Si", "Na", "Al", "--binaries", "2",
-                            "--quiet"]) == 0
+    assert (
+        structures.main(
+            ["--out", str(out), "--size", "12", "--elements", "Si", "Na", "Al", "--binaries", "2", "--quiet"]
+        )
+        == 0
+    )
     frames = ase.io.read(out, ":")
     assert len(frames) == 12
     manifest = json.loads((tmp_path / "gen.manifest.json").read_text())
@@ -278,8 +291,12 @@ def test_md_needs_a_teacher():
 
 def test_teacher_conversion_units():
     n = 2
-    prediction = {"e": np.array(-5.0), "f": np.ones((n, 3)), "s": np.diag([160.21766208, -2 * 160.21766208, 0.0]),
-                  "m": np.array([0.5, 2.0])}
+    prediction = {
+        "e": np.array(-5.0),
+        "f": np.ones((n, 3)),
+        "s": np.diag([160.21766208, -2 * 160.21766208, 0.0]),
+        "m": np.array([0.5, 2.0]),
+    }
     labels = teacher.convert_prediction(prediction, n)
     assert labels["energy"] == pytest.approx(-10.0)  # CHGNet's energy is per atom
     np.testing.assert_allclose(labels["stress"], np.diag([1.0, -2.0, 0.0]))  # GPa -> eV/Å^3, same sign
@@ -301,8 +318,9 @@ def chgnet_model():
 
 def _strained_silicon():
     atoms = structures.element_prototype("Si", "diamond").repeat((2, 1, 1))
-    atoms.set_cell(atoms.cell[:] @ (np.eye(3) + np.array([[-0.04, 0.02, 0], [0.02, -0.03, 0], [0, 0, 0.01]])),
-                   scale_atoms=True)
+    atoms.set_cell(
+        atoms.cell[:] @ (np.eye(3) + np.array([[-0.04, 0.02, 0], [0.02, -0.03, 0], [0, 0, 0.01]])), scale_atoms=True
+    )
     atoms.positions += np.random.default_rng(0).normal(scale=0.05, size=atoms.positions.shape)
     return atoms
 
@@ -356,8 +374,7 @@ def allegro_pol_frames(count: int) -> list[ase.Atoms]:
         atoms.info["total_energy"] = -100.0 - k
         atoms.info["polarizability"] = (np.eye(3) * (1.0 + k)).reshape(9)
         atoms.arrays["born_charge"] = rng.normal(size=(3, 9))
-        atoms.calc = SinglePointCalculator(atoms, forces=rng.normal(size=(3, 3)),
-                                           stress=rng.normal(size=6))
+        atoms.calc = SinglePointCalculator(atoms, forces=rng.normal(size=(3, 3)), stress=rng.normal(size=6))
         frames.append(atoms)
     return frames
 

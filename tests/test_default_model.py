@@ -29,22 +29,44 @@ def test_default_model_loads_and_declares_every_head(precision):
     provenance = json.loads(meta["training_data"])
     assert "CHGNet 0.3.0" in provenance["description"] and "MPtrj" in provenance["description"]
     assert {f["file"] for f in provenance["files"]} == {
-        "lab_train10.extxyz", "lab_train11.extxyz", "lab_train12.extxyz", "lab_dfpt_train.extxyz"}
+        "lab_train10.extxyz",
+        "lab_train11.extxyz",
+        "lab_train12.extxyz",
+        "lab_dfpt_train.extxyz",
+    }
     assert provenance["labels"]["born_charges"] > 0 and provenance["labels"]["charges"] == 0
     # stages 2-9 (examples/default_model/stage*.yaml) continued stage 1; each run keeps its base's record
     stage8 = provenance["base"]
-    assert {f["file"] for f in stage8["files"]} == {"lab_train7.extxyz", "lab_train8.extxyz", "lab_train9.extxyz",
-                                                    "lab_dfpt_train.extxyz"}
+    assert {f["file"] for f in stage8["files"]} == {
+        "lab_train7.extxyz",
+        "lab_train8.extxyz",
+        "lab_train9.extxyz",
+        "lab_dfpt_train.extxyz",
+    }
     stage7 = stage8["base"]
     assert {f["file"] for f in stage7["files"]} == {
-        "lab_train3.extxyz", "lab_train4.extxyz", "lab_train5.extxyz", "lab_train6.extxyz", "lab_replay.extxyz",
-        "lab_dfpt_train.extxyz"}
+        "lab_train3.extxyz",
+        "lab_train4.extxyz",
+        "lab_train5.extxyz",
+        "lab_train6.extxyz",
+        "lab_replay.extxyz",
+        "lab_dfpt_train.extxyz",
+    }
     stage6 = stage7["base"]
-    assert {f["file"] for f in stage6["files"]} == {"lab_train3.extxyz", "lab_train4.extxyz", "lab_train5.extxyz",
-                                                    "lab_replay.extxyz", "lab_dfpt_train.extxyz"}
+    assert {f["file"] for f in stage6["files"]} == {
+        "lab_train3.extxyz",
+        "lab_train4.extxyz",
+        "lab_train5.extxyz",
+        "lab_replay.extxyz",
+        "lab_dfpt_train.extxyz",
+    }
     stage5 = stage6["base"]
-    assert {f["file"] for f in stage5["files"]} == {"lab_train3.extxyz", "lab_train4.extxyz", "lab_replay.extxyz",
-                                                    "lab_dfpt_train.extxyz"}
+    assert {f["file"] for f in stage5["files"]} == {
+        "lab_train3.extxyz",
+        "lab_train4.extxyz",
+        "lab_replay.extxyz",
+        "lab_dfpt_train.extxyz",
+    }
     stage4 = stage5["base"]
     assert {f["file"] for f in stage4["files"]} == {"lab_train3.extxyz", "lab_replay.extxyz", "lab_dfpt_train.extxyz"}
     stage3 = stage4["base"]
@@ -115,8 +137,12 @@ def test_training_data_summary_of_a_two_stage_record_and_of_plain_text():
     from mtsim.converters.cli import describe_training_data
 
     first = {"description": "first", "files": [{"file": "a.xyz", "sha256": "0"}], "labels": {"energy": 3, "forces": 3}}
-    second = {"description": "second run", "files": [{"file": "b.xyz", "sha256": "1"}],
-              "labels": {"energy": 5, "forces": 5, "charges": 0}, "base": first}
+    second = {
+        "description": "second run",
+        "files": [{"file": "b.xyz", "sha256": "1"}],
+        "labels": {"energy": 5, "forces": 5, "charges": 0},
+        "base": first,
+    }
     lines = describe_training_data(json.dumps(second))
     assert lines[0].startswith("2 stage(s), oldest first")
     assert lines[1] == "stage 1: energy/forces 3" and lines[2] == "  files: a.xyz"
@@ -140,8 +166,10 @@ def test_shipped_weights_checksum_is_verified(precision, tmp_path):
     model = mtsim.load(path)
     assert model.metadata["weights_sha256"] == weights_sha256(path)
     proto = onnx.load(path)
-    assert weights_sha256(path) == __import__("hashlib").sha256(
-        b"".join(init.raw_data for init in proto.graph.initializer)).hexdigest()
+    assert (
+        weights_sha256(path)
+        == __import__("hashlib").sha256(b"".join(init.raw_data for init in proto.graph.initializer)).hexdigest()
+    )
     data = bytearray(path.read_bytes())
     weight = max(proto.graph.initializer, key=lambda init: len(init.raw_data)).raw_data
     offset = bytes(data).find(weight)

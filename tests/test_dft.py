@@ -15,7 +15,8 @@ from mtsim.training.builders import dft
 
 needs_gpaw = pytest.mark.skipif(
     not os.environ.get("MTSIM_REQUIRE_DFT") and dft._version("gpaw") == "not installed",
-    reason="GPAW is not installed (the 'dft' extra; .ci/run installs it and sets MTSIM_REQUIRE_DFT)")
+    reason="GPAW is not installed (the 'dft' extra; .ci/run installs it and sets MTSIM_REQUIRE_DFT)",
+)
 FAST = dft.DFTSettings(ecut=250.0, kpoint_density=1.2, energy_tol=1e-7, density_tol=1e-7)
 
 
@@ -149,8 +150,9 @@ def test_energy_offsets_put_a_second_source_on_the_first_scale():
     offsets = dft.energy_offsets(source, target)
     assert offsets == pytest.approx({"Cu": 4.1, "Ni": 4.6, "Al": 1.8}, abs=1e-9)
     aligned = dft.align_energies(source, offsets)
-    np.testing.assert_allclose([a.get_potential_energy() for a in aligned],
-                               [a.get_potential_energy() for a in target], atol=1e-9)
+    np.testing.assert_allclose(
+        [a.get_potential_energy() for a in aligned], [a.get_potential_energy() for a in target], atol=1e-9
+    )
     np.testing.assert_array_equal(aligned[3].get_forces(), source[3].get_forces())
     # other structures in each source: separate fits, the offsets within the spread of the EMT energies
     other = _labelled(_structures(np.random.default_rng(1)), {"Cu": 1.0, "Ni": 0.4, "Al": -0.7})
@@ -185,8 +187,9 @@ def test_mtsim_run_label_task_gives_the_labeller_result():
 
     task = TASKS["label"]
     settings = {"ecut": 250.0, "kpoint_density": 1.2, "bader": False}
-    done, failed = compute_batch(task, None, task.options({"settings": settings}), [("a", nacl())]) + \
-        compute_batch(task, None, task.options({"settings": {"cutoff": 1}}), [("b", nacl())])
+    done, failed = compute_batch(task, None, task.options({"settings": settings}), [("a", nacl())]) + compute_batch(
+        task, None, task.options({"settings": {"cutoff": 1}}), [("b", nacl())]
+    )
     expected = dft.label(nacl(), dft.DFTSettings(**settings)).calc.results
     assert done.status == "done" and done.result.data["energy"] == expected["energy"]
     np.testing.assert_array_equal(done.result.data["forces"], expected["forces"])

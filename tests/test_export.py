@@ -62,8 +62,14 @@ def with_visible_heads(model, seed: int = 0):
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         model.reference_energies.copy_(torch.randn(model.reference_energies.shape, generator=generator))
-        for name, value in (("energy_scale", 2.0), ("energy_shift", -0.5), ("magmom_scale", 2.0),
-                            ("charge_scale", 3.0), ("born_scale", 3.0), ("dielectric_scale", 2.0)):
+        for name, value in (
+            ("energy_scale", 2.0),
+            ("energy_shift", -0.5),
+            ("magmom_scale", 2.0),
+            ("charge_scale", 3.0),
+            ("born_scale", 3.0),
+            ("dielectric_scale", 2.0),
+        ):
             getattr(model, name).fill_(value)
     return model.eval()
 
@@ -81,8 +87,12 @@ def rattled(atoms: Atoms, seed: int, amplitude: float = 0.05) -> Atoms:
 
 def unseen_batches():
     """Structures and batch shapes that appear neither in the tracing example (n=7, e=31, b=2) nor the panel."""
-    triclinic = Atoms("SiOMgO", scaled_positions=[[0, 0, 0], [0.3, 0.4, 0.1], [0.6, 0.2, 0.7], [0.1, 0.8, 0.5]],
-                      cell=[[3.3, 0, 0], [0.9, 3.1, 0], [0.4, -0.6, 3.6]], pbc=True)
+    triclinic = Atoms(
+        "SiOMgO",
+        scaled_positions=[[0, 0, 0], [0.3, 0.4, 0.1], [0.6, 0.2, 0.7], [0.1, 0.8, 0.5]],
+        cell=[[3.3, 0, 0], [0.9, 3.1, 0], [0.4, -0.6, 3.6]],
+        pbc=True,
+    )
     return {
         "single atom": [Atoms("O")],  # n = e = b = 1
         "rocksalt 2x1x1": [rattled(bulk("NaCl", "rocksalt", a=5.64) * (2, 1, 1), 1)],
@@ -125,8 +135,9 @@ def converted(workdir, checkpoints):
         path = workdir / f"model.{precision}.onnx"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = runner.invoke(main, ["convert", str(checkpoints[precision]), "-o", str(path),
-                                          "--precision", precision, *extra])
+            result = runner.invoke(
+                main, ["convert", str(checkpoints[precision]), "-o", str(path), "--precision", precision, *extra]
+            )
         results[precision] = (path, result)
         EXPORT_WARNINGS[precision] = [str(w.message) for w in caught]
     return results
@@ -182,9 +193,16 @@ def test_graph_and_metadata(files, models):
         assert tuple(inputs) == INPUT_NAMES
         assert tuple(v.name for v in model.graph.output) == OUTPUT_NAMES
         dims = {name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for name, v in inputs.items()}
-        assert dims == {"numbers": ["n"], "positions": ["n", 3], "cell": ["b", 3, 3], "batch": ["n"],
-                        "edge_index": [2, "e"], "shifts": ["e", 3], "receiver_slots": ["n", "kr"],
-                        "sender_slots": ["n", "ks"]}
+        assert dims == {
+            "numbers": ["n"],
+            "positions": ["n", 3],
+            "cell": ["b", 3, 3],
+            "batch": ["n"],
+            "edge_index": [2, "e"],
+            "shifts": ["e", 3],
+            "receiver_slots": ["n", "kr"],
+            "sender_slots": ["n", "ks"],
+        }
         # sums over edges gather each atom's edges: the only scatters left are the few atom -> structure sums
         # (format 1 scattered over edges ~95 times, 65 % of the run time)
         assert sum(node.op_type == "ScatterElements" for node in model.graph.node) <= 10
@@ -253,8 +271,15 @@ def test_parity_on_unseen_shapes(files, models, precision):
         inputs = build_graph(structures, 5.0, dtype=NUMPY[precision])
         outputs = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), inputs)))
         n, b = len(inputs["numbers"]), len(structures)
-        expected = {"energy": (b,), "forces": (n, 3), "stress": (b, 3, 3), "magmoms": (n,), "charges": (n,),
-                    "born_charges": (n, 3, 3), "dielectric": (b, 3, 3)}
+        expected = {
+            "energy": (b,),
+            "forces": (n, 3),
+            "stress": (b, 3, 3),
+            "magmoms": (n,),
+            "charges": (n,),
+            "born_charges": (n, 3, 3),
+            "dielectric": (b, 3, 3),
+        }
         assert {k: v.shape for k, v in outputs.items()} == expected
         assert all(v.dtype == NUMPY[precision] for v in outputs.values())
         if name != "single atom":
@@ -266,8 +291,11 @@ def test_validate_export_float32(files, models):
     here on the panel without its 200-atom cell (for time)."""
     panel = validation_panel()
     assert len(panel) >= 8 and max(sum(len(a) for a in structures) for _, structures in panel) >= 200
-    report = validate_export(models["float32"], files["float32"],
-                             panel=[(name, structures) for name, structures in panel if name != "200 atoms"])
+    report = validate_export(
+        models["float32"],
+        files["float32"],
+        panel=[(name, structures) for name, structures in panel if name != "200 atoms"],
+    )
     print(report.table())
     assert report.passed, report.table("all")
     assert set(report.max_errors()) == set(OUTPUT_NAMES)
@@ -286,8 +314,15 @@ def test_validate_export_detects_mismatch(files):
 def test_forces_and_stress_are_derivatives_of_onnx_energy(files):
     """float64 file: forces = -dE/dr and stress = (1/V) dE/dstrain against central differences of its energy."""
     session = onnx_session(files["float64"])
-    atoms = rattled(Atoms("SiOMg", scaled_positions=[[0, 0, 0], [0.3, 0.4, 0.1], [0.6, 0.2, 0.7]],
-                          cell=[[3.1, 0, 0], [0.8, 2.9, 0], [0.5, -0.7, 3.4]], pbc=True), 7)
+    atoms = rattled(
+        Atoms(
+            "SiOMg",
+            scaled_positions=[[0, 0, 0], [0.3, 0.4, 0.1], [0.6, 0.2, 0.7]],
+            cell=[[3.1, 0, 0], [0.8, 2.9, 0], [0.5, -0.7, 3.4]],
+            pbc=True,
+        ),
+        7,
+    )
     inputs = build_graph([atoms], 5.0, dtype=np.float64)
 
     def run(positions, cell):
@@ -345,8 +380,7 @@ def test_isolated_atom_keeps_epsilon(files, models, precision, level):
     options = ort.SessionOptions()
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     session = ort.InferenceSession(str(files[precision]), options, providers=PROVIDERS)
-    structures = [Atoms("Fe"), Atoms("O", positions=[[0.5, 0.2, 0.1]]),
-                  Atoms("Cu", cell=np.eye(3) * 11.0, pbc=True)]
+    structures = [Atoms("Fe"), Atoms("O", positions=[[0.5, 0.2, 0.1]]), Atoms("Cu", cell=np.eye(3) * 11.0, pbc=True)]
     for atoms in structures:
         inputs = build_graph([atoms], 5.0, dtype=NUMPY[precision])
         assert inputs["edge_index"].shape == (2, 1)  # the self edge only
@@ -357,9 +391,13 @@ def test_isolated_atom_keeps_epsilon(files, models, precision, level):
             assert output_error(outputs[key], reference[key], key) <= TOLERANCES[precision], key
     # every layer norm's eps is still a constant of the graph, in the file's precision
     float_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(NUMPY[precision]))
-    constants = {float(onnx.numpy_helper.to_array(a.t)) for node in onnx.load(str(files[precision])).graph.node
-                 if node.op_type == "Constant" for a in node.attribute
-                 if a.name == "value" and a.t.data_type == float_type and np.prod(a.t.dims) == 1}
+    constants = {
+        float(onnx.numpy_helper.to_array(a.t))
+        for node in onnx.load(str(files[precision])).graph.node
+        if node.op_type == "Constant"
+        for a in node.attribute
+        if a.name == "value" and a.t.data_type == float_type and np.prod(a.t.dims) == 1
+    }
     eps = {float(NUMPY[precision](m.eps)) for m in models[precision].modules() if hasattr(m, "eps")}
     assert eps and eps <= constants, f"layer-norm eps {eps - constants} missing from the graph"
 
@@ -391,8 +429,15 @@ def contract_model(extra_nodes, precision=TensorProto.FLOAT, static=False, outpu
         oh.make_tensor_value_info("receiver_slots", TensorProto.INT64, [n, 4 if static else "kr"]),
         oh.make_tensor_value_info("sender_slots", TensorProto.INT64, [n, 4 if static else "ks"]),
     ]
-    shapes = {"energy": [b], "forces": [n, 3], "stress": [b, 3, 3], "magmoms": [n], "charges": [n],
-              "born_charges": [n, 3, 3], "dielectric": [b, 3, 3]}
+    shapes = {
+        "energy": [b],
+        "forces": [n, 3],
+        "stress": [b, 3, 3],
+        "magmoms": [n],
+        "charges": [n],
+        "born_charges": [n, 3, 3],
+        "dielectric": [b, 3, 3],
+    }
     outputs = [oh.make_tensor_value_info(name, precision, shapes[name]) for name in OUTPUT_NAMES]
     copies = [oh.make_node("Identity", [outputs_from], [name]) for name in OUTPUT_NAMES]
     graph = oh.make_graph(list(extra_nodes) + copies, "synthetic", inputs, outputs)
@@ -419,13 +464,19 @@ def test_scatternd_add_is_rejected():
 @pytest.mark.filterwarnings("ignore")
 def test_scatternd_add_from_torch_exporter_is_rejected(tmp_path):
     """What `index_add` becomes in torch.onnx.export (ScatterND add) is caught by the guard."""
+
     class IndexAdd(torch.nn.Module):
         def forward(self, positions, receiver):
             return torch.zeros_like(positions).index_add(0, receiver, positions)
 
     positions, receiver = torch.randn(5, 3), torch.tensor([0, 1, 1, 3, 4])
-    program = torch.onnx.export(IndexAdd(), (positions, receiver), dynamo=True, optimize=False,
-                                dynamic_shapes=({0: torch.export.Dim("n")}, {0: torch.export.Dim("n")}))
+    program = torch.onnx.export(
+        IndexAdd(),
+        (positions, receiver),
+        dynamo=True,
+        optimize=False,
+        dynamic_shapes=({0: torch.export.Dim("n")}, {0: torch.export.Dim("n")}),
+    )
     with pytest.raises(ExportError, match="ScatterND"):
         check_graph(program.model_proto)
 
@@ -434,9 +485,11 @@ def test_static_dims_and_wrong_precision_are_rejected():
     plain = [oh.make_node("Identity", ["positions"], ["y"])]
     with pytest.raises(ExportError, match="static dim"):
         check_graph(contract_model(plain, static=True))
-    half = [oh.make_node("Constant", [], ["c"], value=oh.make_tensor("c", TensorProto.FLOAT, [], [0.5])),
-            oh.make_node("Cast", ["c"], ["c64"], to=TensorProto.DOUBLE),
-            oh.make_node("Mul", ["positions", "c64"], ["y"])]
+    half = [
+        oh.make_node("Constant", [], ["c"], value=oh.make_tensor("c", TensorProto.FLOAT, [], [0.5])),
+        oh.make_node("Cast", ["c"], ["c64"], to=TensorProto.DOUBLE),
+        oh.make_node("Mul", ["positions", "c64"], ["y"]),
+    ]
     with pytest.raises(ExportError, match="Constant .* is float32"):
         check_graph(contract_model(half, precision=TensorProto.DOUBLE), "float64")
 
@@ -446,8 +499,19 @@ def test_info_cli(files):
     runner = CliRunner()
     result = runner.invoke(main, ["info", str(files["float32"])])
     assert result.exit_code == 0, result.output
-    for text in ("mtsim-onnx version 2", "flat-edges+slots", "float32", "opset", "18", "nodes", "parameters",
-                 "source checkpoint sha256", "unit-test data", *INPUT_NAMES, *OUTPUT_NAMES):
+    for text in (
+        "mtsim-onnx version 2",
+        "flat-edges+slots",
+        "float32",
+        "opset",
+        "18",
+        "nodes",
+        "parameters",
+        "source checkpoint sha256",
+        "unit-test data",
+        *INPUT_NAMES,
+        *OUTPUT_NAMES,
+    ):
         assert text in result.output
     fallback = runner.invoke(main, ["info", str(files["float64"]), "--reader", "onnxruntime"])
     assert fallback.exit_code == 0, fallback.output
@@ -540,8 +604,9 @@ def test_convert_fails_and_removes_file_when_validation_fails(files, workdir, mo
     monkeypatch.setattr(validate_module, "validation_panel", lambda: quick)
     other = workdir / "other.pt"
     save_checkpoint(tiny_model(seed=5).float(), other)
-    monkeypatch.setattr(export_module, "export", lambda model, path, precision, **kw: shutil.copy(
-        files["float32"], path))
+    monkeypatch.setattr(
+        export_module, "export", lambda model, path, precision, **kw: shutil.copy(files["float32"], path)
+    )
     out = workdir / "mismatch.onnx"
     result = CliRunner().invoke(main, ["convert", str(other), "-o", str(out)])
     assert result.exit_code != 0
@@ -562,6 +627,7 @@ def test_cli_and_format_check_work_without_torch(files):
         "assert 'not available' in r.output\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -57,6 +57,7 @@ def test_shape_predicates_on_symbolic_and_static_sizes():
 
 def test_remove_full_slices():
     """x[:, None] and its backward (slice_backward) are identities and go."""
+
     def gradient(x):
         return torch.autograd.grad((x[:, None] ** 2).sum(), x)[0], x[0:2]
 
@@ -71,6 +72,7 @@ def test_remove_full_slices():
 
 def test_drop_broadcast_expands():
     """a.expand_as(b) * b reads a itself, broadcast; an expand the other operand cannot broadcast stays."""
+
     def function(a, b, c):
         return a.expand_as(b) * b, a.expand_as(b) + c
 
@@ -84,6 +86,7 @@ def test_drop_broadcast_expands():
 
 def test_rematerialize_gathers():
     """A gather used again more than REMATERIALIZE_GAP nodes later is gathered again next to that use."""
+
     def function(h, index):
         gathered = h.index_select(0, index)
         z = gathered * 2
@@ -100,8 +103,12 @@ def test_rematerialize_gathers():
     late = max((n for n in graph_module.graph.nodes if n.target == aten.index_select.default), key=order.get)
     assert all(order[user] - order[late] <= 2 for user in late.users)  # right before its use
     assert_same_numbers(before, graph_module, torch.randn(9, 4), torch.tensor([8, 0, 3, 3, 7, 1, 2, 5, 6, 4]))
-    assert rematerialize_gathers(copy.deepcopy(traced(lambda h, i: h.index_select(0, i) * 2, torch.randn(5, 4),
-                                                      torch.tensor([0, 1, 1])))) == 0
+    assert (
+        rematerialize_gathers(
+            copy.deepcopy(traced(lambda h, i: h.index_select(0, i) * 2, torch.randn(5, 4), torch.tensor([0, 1, 1])))
+        )
+        == 0
+    )
 
 
 def test_widen_innermost_broadcasts():
@@ -131,8 +138,9 @@ def test_run_passes_counts_checks_and_warns():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert warn_idle(counts) == [p.name for p in PASSES]
-    assert [str(w.message) for w in caught] == [f"export pass {p.name} found nothing to rewrite in this model"
-                                                for p in PASSES]
+    assert [str(w.message) for w in caught] == [
+        f"export pass {p.name} found nothing to rewrite in this model" for p in PASSES
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert warn_idle({"remove_full_slices": 3}) == []

@@ -143,11 +143,21 @@ def test_cosine_field_gives_polarization_with_the_period():
     atoms = ionic()
     drive = field.cosine([0.0, 0.0, 4 * MV_PER_CM], period=period)
     # damped dynamics (Langevin at 0 K) so that the switch-on transient dies out
-    sim = md.run(PairModel(charges=CHARGES), atoms, "nvt-langevin", timestep=dt, steps=0, temperature=0.0,
-                 friction=0.05, field=drive)
+    sim = md.run(
+        PairModel(charges=CHARGES),
+        atoms,
+        "nvt-langevin",
+        timestep=dt,
+        steps=0,
+        temperature=0.0,
+        friction=0.05,
+        field=drive,
+    )
     t, p, e = [], [], []
-    sim.run(int(cycles * period / dt), hooks=[lambda s: (t.append(s.state.time), p.append(s.state.polarization[2]),
-                                                         e.append(s.state.field[2]))])
+    sim.run(
+        int(cycles * period / dt),
+        hooks=[lambda s: (t.append(s.state.time), p.append(s.state.polarization[2]), e.append(s.state.field[2]))],
+    )
     t, p, e = map(np.array, (t, p, e))
     np.testing.assert_allclose(e, 4 * MV_PER_CM * np.cos(2 * np.pi * t / period), atol=1e-15)
     spectrum = np.abs(np.fft.rfft(p - p.mean()))
@@ -196,9 +206,20 @@ def test_loop_metrics_of_known_loops():
 
 
 def test_hysteresis_protocol(tmp_path):
-    result = field_md.hysteresis(PairModel(charges=CHARGES), ionic((1, 1, 2)), field_max=0.04, period=41.0,
-                              cycles=2, temperature=50.0, axis="z", timestep=2.0, seed=1, points=10,
-                              log=tmp_path / "log.csv", interval=5)
+    result = field_md.hysteresis(
+        PairModel(charges=CHARGES),
+        ionic((1, 1, 2)),
+        field_max=0.04,
+        period=41.0,
+        cycles=2,
+        temperature=50.0,
+        axis="z",
+        timestep=2.0,
+        seed=1,
+        points=10,
+        log=tmp_path / "log.csv",
+        interval=5,
+    )
     assert result.period == 40.0 and len(result.field) == 10 and len(result.polarization) == 10
     assert len(result.times) == 2 * 20 + 1 and result.times[-1] == pytest.approx(80.0)
     np.testing.assert_allclose(result.field_trace, 0.04 * np.cos(2 * np.pi * result.times / 40.0), atol=1e-15)
@@ -223,9 +244,30 @@ def test_cli_hysteresis(monkeypatch, tmp_path):
     structure = tmp_path / "bto.extxyz"
     ionic((1, 1, 2)).write(structure)
     out = tmp_path / "loop"
-    result = CliRunner().invoke(main, ["hysteresis", str(structure), "--field-max", "4", "--period", "0.04",
-                                       "--cycles", "2", "--temperature", "100", "--axis", "z", "--output", str(out),
-                                       "--seed", "3", "--interval", "4"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "hysteresis",
+            str(structure),
+            "--field-max",
+            "4",
+            "--period",
+            "0.04",
+            "--cycles",
+            "2",
+            "--temperature",
+            "100",
+            "--axis",
+            "z",
+            "--output",
+            str(out),
+            "--seed",
+            "3",
+            "--interval",
+            "4",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert "remanent polarization" in result.output and "coercive field" in result.output
     with open(out / "pe_loop.csv") as handle:
@@ -237,8 +279,20 @@ def test_cli_hysteresis(monkeypatch, tmp_path):
     assert (out / "md_log.csv").is_file()
     # the same output folder again: refused before the model loads (the files were overwritten before), unless
     # --overwrite
-    args = ["hysteresis", str(structure), "--field-max", "4", "--period", "0.04", "--cycles", "1", "--output",
-            str(out), "--seed", "3"]
+    args = [
+        "hysteresis",
+        str(structure),
+        "--field-max",
+        "4",
+        "--period",
+        "0.04",
+        "--cycles",
+        "1",
+        "--output",
+        str(out),
+        "--seed",
+        "3",
+    ]
     before = (out / "pe_loop.csv").read_bytes()
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "md_log.csv exists" in again.output and "--overwrite" in again.output
@@ -259,10 +313,12 @@ def test_hysteresis_arguments_are_checked_first(monkeypatch, tmp_path):
     monkeypatch.setattr(cli_md, "load_model", never)
     structure = tmp_path / "bto.extxyz"
     ionic((1, 1, 1)).write(structure)
-    for args, name in ((["--field-max", "0", "--period", "1"], "field_max"),
-                       (["--field-max", "4", "--period", "0"], "period"),
-                       (["--field-max", "4", "--period", "1", "--cycles", "0"], "cycles"),
-                       (["--field-max", "4", "--period", "1", "--temperature", "0"], "temperature")):
+    for args, name in (
+        (["--field-max", "0", "--period", "1"], "field_max"),
+        (["--field-max", "4", "--period", "0"], "period"),
+        (["--field-max", "4", "--period", "1", "--cycles", "0"], "cycles"),
+        (["--field-max", "4", "--period", "1", "--temperature", "0"], "temperature"),
+    ):
         result = CliRunner().invoke(main, ["hysteresis", str(structure), *args, "--output", str(tmp_path / "o")])
         assert result.exit_code == 2 and name in result.output, (args, result.output)
     with pytest.raises(ValueError, match="field_max"):

@@ -86,8 +86,13 @@ def init(conn, text: str = "") -> None:
 def posdata(conn, h, positions) -> None:
     """One structure as i-PI sends it: h (bohr, columns = lattice vectors), inverse, n, positions (bohr)."""
     h = np.asarray(h, dtype=np.float64)
-    conn.sendall(header("POSDATA") + h.tobytes() + np.linalg.inv(h).tobytes() + np.int32(len(positions)).tobytes()
-                 + np.asarray(positions, dtype=np.float64).tobytes())
+    conn.sendall(
+        header("POSDATA")
+        + h.tobytes()
+        + np.linalg.inv(h).tobytes()
+        + np.int32(len(positions)).tobytes()
+        + np.asarray(positions, dtype=np.float64).tobytes()
+    )
 
 
 def getforce(conn, n: int):
@@ -284,8 +289,7 @@ def test_batched_protocol(tmp_path):
         p = model.predict(atoms)
         assert got["energies"][k] == pytest.approx(p.energy / HARTREE, rel=1e-12)
         np.testing.assert_allclose(got["forces"][k], p.forces * BOHR / HARTREE, rtol=1e-10, atol=1e-14)
-        np.testing.assert_allclose(got["virials"][k], -p.stress * atoms.get_volume() / HARTREE, rtol=1e-10,
-                                   atol=1e-14)
+        np.testing.assert_allclose(got["virials"][k], -p.stress * atoms.get_volume() / HARTREE, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(got["extras"][k]["charges"], p.charges)
 
 
@@ -393,8 +397,9 @@ def test_bad_init(tmp_path):
 
 
 def test_idle_timeout(tmp_path):
-    malformed(tmp_path, lambda conn, atoms: init(conn), "no message from the server within idle_timeout",
-              idle_timeout=0.5)
+    malformed(
+        tmp_path, lambda conn, atoms: init(conn), "no message from the server within idle_timeout", idle_timeout=0.5
+    )
 
 
 def test_idle_timeout_by_default_and_elements_checked_before_connecting(tmp_path, cli):
@@ -489,8 +494,19 @@ def test_cli_serves_until_exit(tmp_path, cli):
         conn.sendall(header("EXIT"))
 
     with FakeServer(tmp_path, script, inet=True) as server:
-        result = CliRunner().invoke(cli, ["ipi", str(tmp_path / "init.extxyz"), "--address", server.address,
-                                          "--timeout", "5", "--connect-timeout", "5"])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "ipi",
+                str(tmp_path / "init.extxyz"),
+                "--address",
+                server.address,
+                "--timeout",
+                "5",
+                "--connect-timeout",
+                "5",
+            ],
+        )
     assert result.exit_code == 0, result.output
     assert "EXIT received after 1 evaluations" in result.output
     assert got["energy"] == pytest.approx(PairModel().predict(atoms).energy / HARTREE, rel=1e-12)
@@ -508,8 +524,10 @@ def test_cli_errors(tmp_path, cli):
         wait_closed(conn)
 
     with FakeServer(tmp_path, script) as server:
-        result = CliRunner().invoke(cli, ["ipi", str(tmp_path / "small.extxyz"), "--unix", server.path,
-                                          "--timeout", "5", "--connect-timeout", "5"])
+        result = CliRunner().invoke(
+            cli,
+            ["ipi", str(tmp_path / "small.extxyz"), "--unix", server.path, "--timeout", "5", "--connect-timeout", "5"],
+        )
     assert result.exit_code == 1
     assert "i-PI sent 16 atoms, but the structure file has 4" in result.output
     result = CliRunner().invoke(cli, ["ipi", str(tmp_path / "small.extxyz"), "--unix", "a", "--address", "b:1"])
@@ -518,8 +536,9 @@ def test_cli_errors(tmp_path, cli):
 
 # ================================================================================================ the real i-PI
 IPI = shutil.which("i-pi")
-needs_ipi = pytest.mark.skipif(importlib.util.find_spec("ipi") is None or IPI is None,
-                               reason="i-PI is not installed (pip install ipi)")
+needs_ipi = pytest.mark.skipif(
+    importlib.util.find_spec("ipi") is None or IPI is None, reason="i-PI is not installed (pip install ipi)"
+)
 
 INPUT = """<simulation verbosity="low" safe_stride="1" floatformat="%.16e" sockets_prefix="{prefix}">
   <output prefix="run">
@@ -561,10 +580,20 @@ def run_ipi(tmp_path, model, atoms, *, motion, properties, trajectories, steps=4
     else:
         where = {"unix": str(tmp_path / "ipi_mtsim")}
         mode, address, port_xml = "unix", "mtsim", ""
-    (tmp_path / "input.xml").write_text(INPUT.format(
-        prefix=f"{tmp_path}/ipi_", properties=", ".join(properties), trajectories="\n    ".join(trajectories),
-        steps=steps, mode=mode, address=address, port=port_xml, nbeads=nbeads, motion=motion,
-        batch=f"\n    <batch_size>{batch}</batch_size>" if batch > 1 else ""))
+    (tmp_path / "input.xml").write_text(
+        INPUT.format(
+            prefix=f"{tmp_path}/ipi_",
+            properties=", ".join(properties),
+            trajectories="\n    ".join(trajectories),
+            steps=steps,
+            mode=mode,
+            address=address,
+            port=port_xml,
+            nbeads=nbeads,
+            motion=motion,
+            batch=f"\n    <batch_size>{batch}</batch_size>" if batch > 1 else "",
+        )
+    )
     log_path = tmp_path / "ipi.log"
     outcome = {}
 
@@ -575,8 +604,9 @@ def run_ipi(tmp_path, model, atoms, *, motion, properties, trajectories, steps=4
             outcome["error"] = err
 
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([IPI, "input.xml"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [IPI, "input.xml"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
@@ -630,9 +660,15 @@ def test_ipi_nve_matches_direct_predictions(tmp_path):
     """Energies, forces and virial that i-PI records equal direct predictions for the frames it records."""
     model = PairModel(charges=CHARGES)
     atoms = nacl()
-    run_ipi(tmp_path, model, atoms, motion=NVE, steps=5,
-            properties=["step", "potential{ase}", "conserved{ase}", "virial_md"],
-            trajectories=[trajectory("pos", "positions"), trajectory("frc", "forces")])
+    run_ipi(
+        tmp_path,
+        model,
+        atoms,
+        motion=NVE,
+        steps=5,
+        properties=["step", "potential{ase}", "conserved{ase}", "virial_md"],
+        trajectories=[trajectory("pos", "positions"), trajectory("frc", "forces")],
+    )
     out = np.loadtxt(tmp_path / "run.out", ndmin=2)
     positions = frames(tmp_path / "run.pos_0.extxyz", atoms.numbers)
     forces = per_atom(tmp_path / "run.frc_0.extxyz", "forces")
@@ -657,10 +693,20 @@ def test_ipi_batched_path_integral_over_tcp(tmp_path):
     model = PairModel(charges=CHARGES)
     atoms = nacl((1, 1, 2))
     motion = NVE.replace('"nve"', '"nvt"').replace(
-        "</dynamics>", '<thermostat mode="pile_l"><tau units="femtosecond">100</tau></thermostat></dynamics>')
-    run_ipi(tmp_path, model, atoms, motion=motion, steps=2, nbeads=2, inet=True, batch=2,
-            properties=["step", "bead_potentials{ase}"],
-            trajectories=[trajectory("pos", "positions"), trajectory("frc", "forces")])
+        "</dynamics>", '<thermostat mode="pile_l"><tau units="femtosecond">100</tau></thermostat></dynamics>'
+    )
+    run_ipi(
+        tmp_path,
+        model,
+        atoms,
+        motion=motion,
+        steps=2,
+        nbeads=2,
+        inet=True,
+        batch=2,
+        properties=["step", "bead_potentials{ase}"],
+        trajectories=[trajectory("pos", "positions"), trajectory("frc", "forces")],
+    )
     out = np.loadtxt(tmp_path / "run.out", ndmin=2)
     for bead in range(2):
         positions = frames(tmp_path / f"run.pos_{bead}.extxyz", atoms.numbers)
@@ -689,11 +735,22 @@ def test_ipi_eda_nve_uses_mtsim_born_charges(tmp_path):
     atoms = nacl()
     field = np.array([0.05, -0.02, 0.1])  # V/Å
     dt = 1.0
-    run_ipi(tmp_path, model, atoms, motion=EDA.format(dt=dt, ex=field[0], ey=field[1], ez=field[2]), steps=3,
-            properties=["step", "potential{ase}", "Efield{v/ang}"],
-            trajectories=[trajectory("pos", "positions"), trajectory("vel", "velocities"),
-                          trajectory("frc", "forces"), trajectory("efrc", "Eforces"), trajectory("becx", "becx"),
-                          trajectory("becz", "becz")])
+    run_ipi(
+        tmp_path,
+        model,
+        atoms,
+        motion=EDA.format(dt=dt, ex=field[0], ey=field[1], ez=field[2]),
+        steps=3,
+        properties=["step", "potential{ase}", "Efield{v/ang}"],
+        trajectories=[
+            trajectory("pos", "positions"),
+            trajectory("vel", "velocities"),
+            trajectory("frc", "forces"),
+            trajectory("efrc", "Eforces"),
+            trajectory("becx", "becx"),
+            trajectory("becz", "becz"),
+        ],
+    )
     out = np.loadtxt(tmp_path / "run.out", ndmin=2)
     np.testing.assert_allclose(out[:, 2:5], np.tile(field, (len(out), 1)), rtol=1e-7)
     positions = frames(tmp_path / "run.pos_0.extxyz", atoms.numbers)

@@ -207,7 +207,8 @@ def test_skin_list_rebuilds_only_when_needed():
     strained = moved * 1.01  # affine strain of 1 %: every pair within cutoff is still listed
     assert not nl.update(strained, cell * 1.01, pbc)
     assert within_cutoff(strained, cell * 1.01, nl.get(), cutoff) == edge_set(
-        *neighbor_list(strained, cell * 1.01, pbc, cutoff))
+        *neighbor_list(strained, cell * 1.01, pbc, cutoff)
+    )
     assert nl.update(moved * 0.75, cell * 0.75, pbc)  # compressed beyond what the skin covers
     assert nl.update(moved, cell * 1.001, [True, True, False])  # pbc changed
     assert nl.update(moved[:-1], cell * 1.001, [True, True, False])  # atom removed
@@ -330,6 +331,7 @@ BROKEN_CUDA_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="numba-cuda not installed")
 def test_a_cuda_kernel_that_fails_is_reported_and_not_used():
     environment = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    result = subprocess.run([sys.executable, "-c", BROKEN_CUDA_SCRIPT], env=environment, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", BROKEN_CUDA_SCRIPT], env=environment, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0 and "BROKEN_CUDA_OK" in result.stdout, result.stderr[-4000:]

@@ -42,7 +42,7 @@ class Recorder:
 
     def column(self, k, skip=0.0):
         data = np.array(self.rows)[:, k]
-        return data[int(skip * len(data)):]
+        return data[int(skip * len(data)) :]
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,11 @@ def test_nve_time_reversible(model):
 # ============================================================================================ thermostats
 def check_thermostat(model, ensemble, steps, seed, std_band):
     target = 300.0
-    integrator = (md.Langevin(2.0, target, friction=0.02, seed=seed) if ensemble == "nvt-langevin"
-                  else md.NoseHooverChain(2.0, target, tdamp=50.0))
+    integrator = (
+        md.Langevin(2.0, target, friction=0.02, seed=seed)
+        if ensemble == "nvt-langevin"
+        else md.NoseHooverChain(2.0, target, tdamp=50.0)
+    )
     sim = md.Simulation(model, crystal(), integrator, temperature=target, seed=seed)
     rec = Recorder()
     sim.run(steps, hooks=[rec])
@@ -174,7 +177,7 @@ def test_npt_mean_pressure(model, mode):
     assert abs(np.polyfit(rec.column(0) / 1000, conserved, 1)[0]) < 1e-4
     assert np.ptp(rec.column(4)) > 0  # the volume moves
     if mode == "full":
-        diagonal = np.array(tensors)[len(tensors) // 5:]
+        diagonal = np.array(tensors)[len(tensors) // 5 :]
         for k in range(3):
             m, e = block_mean(diagonal[:, k])
             assert abs(m - target_p) < max(4 * e, 0.05), (k, m, e)
@@ -239,6 +242,7 @@ def test_remove_atoms_keeps_everything_consistent(model):
     for name in ("forces", "magmoms", "charges", "born_charges"):
         assert len(s.heads[name]) == n, name
     from ase.data import atomic_masses
+
     np.testing.assert_allclose(s.masses, atomic_masses[s.numbers])
     np.testing.assert_allclose(s.momenta.sum(axis=0), 0.0, atol=1e-10)
     assert s.dof == 3 * n - 3
@@ -283,8 +287,19 @@ def test_trajectory_and_log_round_trip(model, tmp_path):
     charged = PairModel(charges={29: 1.0, 47: -1.0})
     atoms = crystal((1, 1, 2), symbols=["Cu", "Ag"] * 4)
     traj, log = tmp_path / "md.extxyz", tmp_path / "md.csv"
-    sim = md.run(charged, atoms, "nvt-langevin", timestep=1.0, steps=20, temperature=300, seed=2,
-                 field=[0.0, 0.0, 0.02], log=log, trajectory=traj, interval=5)
+    sim = md.run(
+        charged,
+        atoms,
+        "nvt-langevin",
+        timestep=1.0,
+        steps=20,
+        temperature=300,
+        seed=2,
+        field=[0.0, 0.0, 0.02],
+        log=log,
+        trajectory=traj,
+        interval=5,
+    )
     frames = ase.io.read(traj, index=":")
     assert len(frames) == 5
     last = frames[-1]
@@ -316,7 +331,7 @@ def cli(monkeypatch):
     from mtsim.cli import main
     from mtsim.cli import md as cli_md
 
-    monkeypatch.setattr(cli_md, "load_model", lambda path, device, precision: PairModel(charges={11: 1., 17: -1.}))
+    monkeypatch.setattr(cli_md, "load_model", lambda path, device, precision: PairModel(charges={11: 1.0, 17: -1.0}))
     return lambda *args: CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
@@ -325,8 +340,28 @@ def test_cli_md(cli, tmp_path, ensemble):
     structure = tmp_path / "in.extxyz"
     crystal((1, 1, 2), symbols=["Na", "Cl"] * 4).write(structure)
     log, traj, out = tmp_path / "log.csv", tmp_path / "traj.extxyz", tmp_path / "out.extxyz"
-    args = ["md", structure, "--ensemble", ensemble, "--temperature", 200, "--timestep", 1, "--steps", 20,
-            "--seed", 3, "--log", log, "--trajectory", traj, "--interval", 4, "-o", out]
+    args = [
+        "md",
+        structure,
+        "--ensemble",
+        ensemble,
+        "--temperature",
+        200,
+        "--timestep",
+        1,
+        "--steps",
+        20,
+        "--seed",
+        3,
+        "--log",
+        log,
+        "--trajectory",
+        traj,
+        "--interval",
+        4,
+        "-o",
+        out,
+    ]
     if ensemble == "npt":
         args += ["--pressure", 2.0, "--pdamp", 100]
     else:
@@ -348,13 +383,45 @@ def test_cli_md(cli, tmp_path, ensemble):
 def test_cli_md_delithiation_and_errors(cli, tmp_path):
     structure = tmp_path / "in.extxyz"
     crystal((1, 1, 2), symbols=["Li", "Cl"] * 4).write(structure)
-    result = cli("md", structure, "--ensemble", "nvt-nh", "--timestep", 1, "--steps", 25, "--seed", 1,
-                 "--log", tmp_path / "log.csv", "--remove-element", "Li", "--remove-every", 0.01)
+    result = cli(
+        "md",
+        structure,
+        "--ensemble",
+        "nvt-nh",
+        "--timestep",
+        1,
+        "--steps",
+        25,
+        "--seed",
+        1,
+        "--log",
+        tmp_path / "log.csv",
+        "--remove-element",
+        "Li",
+        "--remove-every",
+        0.01,
+    )
     assert result.exit_code == 0, result.output
     assert "removed 2 Li atom(s); 6 atoms left" in result.output
-    bad = CliRunner().invoke(__import__("mtsim.cli", fromlist=["main"]).main,
-                             ["md", str(structure), "--ensemble", "npt", "--timestep", "1", "--steps", "2",
-                              "--field", "0", "0", "1", "--log", str(tmp_path / "x.csv")])
+    bad = CliRunner().invoke(
+        __import__("mtsim.cli", fromlist=["main"]).main,
+        [
+            "md",
+            str(structure),
+            "--ensemble",
+            "npt",
+            "--timestep",
+            "1",
+            "--steps",
+            "2",
+            "--field",
+            "0",
+            "0",
+            "1",
+            "--log",
+            str(tmp_path / "x.csv"),
+        ],
+    )
     assert bad.exit_code != 0 and "not supported" in bad.output
 
 
@@ -372,26 +439,55 @@ def test_md_arguments_are_checked_before_the_model_loads(monkeypatch, tmp_path):
     structure = tmp_path / "in.extxyz"
     crystal((1, 1, 1), symbols=["Na", "Cl"] * 2).write(structure)
     base = ["md", str(structure), "--log", str(tmp_path / "log.csv")]
-    cases = [(["--ensemble", "nve", "--timestep", "0", "--steps", "5"], "timestep"),
-             (["--ensemble", "nve", "--timestep", "-1", "--steps", "5"], "timestep"),
-             (["--ensemble", "nve", "--timestep", "1", "--steps", "-5"], "steps"),
-             (["--ensemble", "nve", "--timestep", "1", "--steps", "5", "--temperature", "-10"], "temperature"),
-             (["--ensemble", "nvt-nh", "--timestep", "1", "--steps", "5", "--temperature", "0"], "temperature"),
-             (["--ensemble", "npt", "--timestep", "1", "--steps", "5", "--pressure", "nan"], "pressure"),
-             (["--ensemble", "nve", "--timestep", "1", "--steps", "5", "--field", "nan", "0", "0"], "field"),
-             (["--ensemble", "nve", "--timestep", "1", "--steps", "5", "--interval", "0"], "--interval"),
-             (["--ensemble", "nve", "--timestep", "1", "--steps", "5", "--trajectory",
-               str(tmp_path / "missing" / "t.extxyz")], "--trajectory")]
+    cases = [
+        (["--ensemble", "nve", "--timestep", "0", "--steps", "5"], "timestep"),
+        (["--ensemble", "nve", "--timestep", "-1", "--steps", "5"], "timestep"),
+        (["--ensemble", "nve", "--timestep", "1", "--steps", "-5"], "steps"),
+        (["--ensemble", "nve", "--timestep", "1", "--steps", "5", "--temperature", "-10"], "temperature"),
+        (["--ensemble", "nvt-nh", "--timestep", "1", "--steps", "5", "--temperature", "0"], "temperature"),
+        (["--ensemble", "npt", "--timestep", "1", "--steps", "5", "--pressure", "nan"], "pressure"),
+        (["--ensemble", "nve", "--timestep", "1", "--steps", "5", "--field", "nan", "0", "0"], "field"),
+        (["--ensemble", "nve", "--timestep", "1", "--steps", "5", "--interval", "0"], "--interval"),
+        (
+            [
+                "--ensemble",
+                "nve",
+                "--timestep",
+                "1",
+                "--steps",
+                "5",
+                "--trajectory",
+                str(tmp_path / "missing" / "t.extxyz"),
+            ],
+            "--trajectory",
+        ),
+    ]
     for args, name in cases:
         result = CliRunner().invoke(main, [*base, *args])
         assert result.exit_code == 2 and name in result.output, (args, result.output)
-    result = CliRunner().invoke(main, ["md", str(structure), "--ensemble", "nve", "--timestep", "1", "--steps", "5",
-                                       "--log", str(tmp_path / "missing" / "log.csv")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "md",
+            str(structure),
+            "--ensemble",
+            "nve",
+            "--timestep",
+            "1",
+            "--steps",
+            "5",
+            "--log",
+            str(tmp_path / "missing" / "log.csv"),
+        ],
+    )
     assert result.exit_code == 2 and "--log" in result.output and "does not exist" in result.output
     atoms = crystal((1, 1, 1), symbols=["Na", "Cl"] * 2)
-    for kwargs, name in (({"timestep": 0.0}, "timestep"), ({"steps": -1}, "steps"),
-                         ({"ensemble": "npt", "temperature": 0.0}, "temperature"),
-                         ({"log": tmp_path / "missing" / "log.csv"}, "log")):
+    for kwargs, name in (
+        ({"timestep": 0.0}, "timestep"),
+        ({"steps": -1}, "steps"),
+        ({"ensemble": "npt", "temperature": 0.0}, "temperature"),
+        ({"log": tmp_path / "missing" / "log.csv"}, "log"),
+    ):
         with pytest.raises(ValueError, match=name):
             md.run(None, atoms, **kwargs)
 
@@ -412,8 +508,9 @@ def test_restart_continues_bitwise(tmp_path, ensemble):
     restart file are cut back, not repeated)."""
     charged = PairModel(charges={29: 1.0, 47: -1.0})
     atoms = crystal((1, 1, 2), symbols=["Cu", "Ag"] * 4)
-    kwargs = dict(ensemble=ensemble, timestep=2.0, temperature=400.0, seed=5, interval=3, skin=0.3,
-                  **RESTART_CASES[ensemble])
+    kwargs = dict(
+        ensemble=ensemble, timestep=2.0, temperature=400.0, seed=5, interval=3, skin=0.3, **RESTART_CASES[ensemble]
+    )
     straight = md.run(charged, atoms, steps=30, log=tmp_path / "straight.csv", **kwargs)
     restart = tmp_path / "md.restart.npz"
     log = tmp_path / "md.csv"
@@ -423,8 +520,9 @@ def test_restart_continues_bitwise(tmp_path, ensemble):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):  # killed at step 20, after the restart file of step 15
-        md.run(charged, atoms, steps=30, log=log, restart_file=restart, restart_interval=15, hooks=[interrupt],
-               **kwargs)
+        md.run(
+            charged, atoms, steps=30, log=log, restart_file=restart, restart_interval=15, hooks=[interrupt], **kwargs
+        )
     assert read_log(log)["step"][-1] == 18
     second = md.run(charged, None, steps=15, log=log, restart=restart, **kwargs)
     assert second.state.step == 30 and second.state.time == straight.state.time
@@ -441,8 +539,7 @@ def test_restart_keeps_atom_removal_events(model, tmp_path):
     atoms = crystal(symbols=["Li", "Cu"] * 32)
 
     def simulation(restart=None):
-        sim = md.Simulation(model, atoms, md.Langevin(1.0, 300.0, seed=3), temperature=300.0, seed=4,
-                            restart=restart)
+        sim = md.Simulation(model, atoms, md.Langevin(1.0, 300.0, seed=3), temperature=300.0, seed=4, restart=restart)
         return sim, md.RemoveAtoms("Li", every=7.0, rule="random", seed=11)
 
     straight, straight_event = simulation()
@@ -489,8 +586,9 @@ def test_exploding_time_step_stops_early(model):
     hot = md.Simulation(model, atoms, md.NVE(1.0), temperature=300.0, seed=1, max_temperature=50.0)
     with pytest.raises(md.MDError, match=r"step 1: the temperature .* K is above max_temperature 50 K"):
         hot.run(5)
-    drift = md.Simulation(model, atoms, md.NVE(6.0), temperature=300.0, seed=1, max_drift=1e-6,
-                          max_temperature=math.inf)
+    drift = md.Simulation(
+        model, atoms, md.NVE(6.0), temperature=300.0, seed=1, max_drift=1e-6, max_temperature=math.inf
+    )
     with pytest.raises(md.MDError, match=r"conserved energy has drifted by .* \(max_drift 1e-06 eV/atom"):
         drift.run(50)
 
@@ -500,14 +598,27 @@ def test_cli_md_restart_and_overwrite(cli, tmp_path):
     model loads) unless --overwrite."""
     structure = tmp_path / "in.extxyz"
     crystal((1, 1, 2), symbols=["Na", "Cl"] * 4).write(structure)
-    base = ["md", structure, "--ensemble", "nvt-nh", "--temperature", 300, "--timestep", 2, "--seed", 4,
-            "--interval", 5]
+    base = [
+        "md",
+        structure,
+        "--ensemble",
+        "nvt-nh",
+        "--temperature",
+        300,
+        "--timestep",
+        2,
+        "--seed",
+        4,
+        "--interval",
+        5,
+    ]
     assert cli(*base, "--steps", 20, "--log", tmp_path / "straight.csv").exit_code == 0
     log = tmp_path / "run.csv"
     first = cli(*base, "--steps", 10, "--log", log)
     assert first.exit_code == 0 and f"restart file: {tmp_path / 'run.restart.npz'}" in first.output
-    again = CliRunner().invoke(__import__("mtsim.cli", fromlist=["main"]).main,
-                               [str(a) for a in [*base, "--steps", 10, "--log", log]])
+    again = CliRunner().invoke(
+        __import__("mtsim.cli", fromlist=["main"]).main, [str(a) for a in [*base, "--steps", 10, "--log", log]]
+    )
     assert again.exit_code == 2 and "run.csv exists" in again.output and "--overwrite" in again.output
     second = cli(*base, "--steps", 10, "--log", log, "--restart", tmp_path / "run.restart.npz")
     assert second.exit_code == 0, second.output

@@ -43,8 +43,12 @@ def model():
 
 @pytest.fixture(scope="module")
 def structures():
-    triclinic = Atoms("SiOMg", scaled_positions=[[0, 0, 0], [0.3, 0.4, 0.1], [0.6, 0.2, 0.7]],
-                      cell=[[3.1, 0, 0], [0.8, 2.9, 0], [0.5, -0.7, 3.4]], pbc=True)
+    triclinic = Atoms(
+        "SiOMg",
+        scaled_positions=[[0, 0, 0], [0.3, 0.4, 0.1], [0.6, 0.2, 0.7]],
+        cell=[[3.1, 0, 0], [0.8, 2.9, 0], [0.5, -0.7, 3.4]],
+        pbc=True,
+    )
     slab = rattled(bulk("Al", "fcc", a=4.05, cubic=True) * (1, 1, 2), 3)
     slab.center(vacuum=4.0, axis=2)
     slab.pbc = (True, True, False)
@@ -87,6 +91,7 @@ def test_forces_and_stress_are_energy_derivatives(model, structures, name):
             moved = atoms.copy()
             moved.positions[a, c] += step
             return moved
+
         return move
 
     fd = -derivatives([displaced(a, c) for a in range(len(atoms)) for c in range(3)]).reshape(-1, 3)
@@ -105,6 +110,7 @@ def test_forces_and_stress_are_energy_derivatives(model, structures, name):
             moved = atoms.copy()
             moved.set_cell(atoms.cell @ (np.eye(3) + eps), scale_atoms=True)
             return moved
+
         return move
 
     fd_stress = derivatives([strained(a, b) for a in range(3) for b in range(3)]).reshape(3, 3) / atoms.get_volume()
@@ -190,8 +196,9 @@ def test_smooth_through_cutoff(model):
     """Every output is continuous when a dimer is scanned through r_c = 5 Å."""
     cutoff = model.config.cutoff
     distances = np.concatenate([np.linspace(4.9, cutoff - 1e-4, 30), [cutoff + 1e-4, 5.05]])
-    outs = [model.predict(Atoms("NaCl", positions=[[0, 0, 0], [0.3 * d, 0.4 * d, np.sqrt(0.75) * d]]))
-            for d in distances]
+    outs = [
+        model.predict(Atoms("NaCl", positions=[[0, 0, 0], [0.3 * d, 0.4 * d, np.sqrt(0.75) * d]])) for d in distances
+    ]
     below, above = outs[-3], outs[-2]
     for key in PER_ATOM + PER_STRUCTURE:
         jump = np.abs(below[key] - above[key]).max()
@@ -229,23 +236,34 @@ def _training_step(model, atoms_list):
     assert model.energy_head.mlp[-1].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("preset", ["1M", "10M", pytest.param("220M", marks=pytest.mark.slow),
-                                    pytest.param("1.3B", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "preset", ["1M", "10M", pytest.param("220M", marks=pytest.mark.slow), pytest.param("1.3B", marks=pytest.mark.slow)]
+)
 def test_training_step(preset):
     """Forward + backward with create_graph (forces in the loss) for each preset that fits in memory."""
     model = build_model(preset, dtype=torch.float32, seed=0)
-    _training_step(model, [rattled(bulk("Si", "diamond", a=5.43), 0), Atoms("H2O", positions=[
-        [0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])])
+    _training_step(
+        model,
+        [
+            rattled(bulk("Si", "diamond", a=5.43), 0),
+            Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),
+        ],
+    )
 
 
-@pytest.mark.parametrize("make_bad, message", [
-    (lambda: Atoms(numbers=[0, 8], positions=[[0, 0, 0], [1, 0, 0]]), "unknown element"),
-    (lambda: Atoms(numbers=[95, 8], positions=[[0, 0, 0], [1, 0, 0]]), "unknown element"),
-    (lambda: Atoms("H2", positions=[[0, 0, 0], [np.nan, 0, 0]]), "NaN"),
-    (lambda: Atoms("H2", positions=[[0, 0, 0], [1, 0, 0]], cell=[[1, 0, 0], [2, 0, 0], [0, 0, 1]], pbc=True),
-     "singular cell"),
-    (lambda: Atoms("H2", positions=[[0, 0, 0], [0.01, 0, 0]]), "overlapping atoms"),
-])
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda: Atoms(numbers=[0, 8], positions=[[0, 0, 0], [1, 0, 0]]), "unknown element"),
+        (lambda: Atoms(numbers=[95, 8], positions=[[0, 0, 0], [1, 0, 0]]), "unknown element"),
+        (lambda: Atoms("H2", positions=[[0, 0, 0], [np.nan, 0, 0]]), "NaN"),
+        (
+            lambda: Atoms("H2", positions=[[0, 0, 0], [1, 0, 0]], cell=[[1, 0, 0], [2, 0, 0], [0, 0, 1]], pbc=True),
+            "singular cell",
+        ),
+        (lambda: Atoms("H2", positions=[[0, 0, 0], [0.01, 0, 0]]), "overlapping atoms"),
+    ],
+)
 def test_bad_input_raises_named_error(model, make_bad, message):
     with pytest.raises(ValueError, match=message):
         model.predict(make_bad())
@@ -271,7 +289,7 @@ def test_edge_slots_list_each_atoms_edges_in_order():
         row = slots[atom]
         listed = row[row < len(index)]
         np.testing.assert_array_equal(listed, np.flatnonzero(index == atom))  # every edge once, in edge order
-        assert (row[len(listed):] == len(index)).all()  # padding after the edges
+        assert (row[len(listed) :] == len(index)).all()  # padding after the edges
     assert edge_slots(index, 7, width=20).shape == (7, 20)  # extra padding columns are allowed
 
 

@@ -43,8 +43,12 @@ def imported_modules(path: Path, modules) -> set[str]:
     """The SDK modules a module imports anywhere in its body (functions included), with the packages whose
     ``__init__`` such an import runs; imports under ``if TYPE_CHECKING:`` are left out (they never run)."""
     tree = ast.parse(path.read_text())
-    skipped = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
-               and getattr(block.test, "id", None) == "TYPE_CHECKING" for node in ast.walk(block)}
+    skipped = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+        for node in ast.walk(block)
+    }
     targets = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -85,7 +89,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = 2
@@ -139,18 +143,45 @@ def test_normal_install_from_a_wheel(tmp_path):
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
-                            "-w", str(tmp_path / "wheel"), "-q"], capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(root),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "wheel"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr
     wheel = next((tmp_path / "wheel").glob("mtsim-*.whl"))
-    install = subprocess.run([sys.executable, "-m", "pip", "install", str(wheel), "--no-deps", "--target",
-                              str(tmp_path / "site"), "-q"], capture_output=True, text=True, timeout=300)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", str(wheel), "--no-deps", "--target", str(tmp_path / "site"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stderr
-    code = ("import mtsim, mtsim.kernels, mtsim.cli, mtsim.md, mtsim.phonon, mtsim.training, mtsim.converters\n"
-            "print(mtsim.__file__, mtsim.kernels.__file__, mtsim.training.__file__, mtsim.phonon.__file__,\n"
-            "      mtsim.md.__file__)\n"
-            "print(mtsim.load(device='cpu').path)")  # the bundled model ships in the wheel
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, cwd=tmp_path)
+    code = (
+        "import mtsim, mtsim.kernels, mtsim.cli, mtsim.md, mtsim.phonon, mtsim.training, mtsim.converters\n"
+        "print(mtsim.__file__, mtsim.kernels.__file__, mtsim.training.__file__, mtsim.phonon.__file__,\n"
+        "      mtsim.md.__file__)\n"
+        "print(mtsim.load(device='cpu').path)"
+    )  # the bundled model ships in the wheel
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert all(path.startswith(str(tmp_path / "site")) for path in result.stdout.split())

@@ -35,8 +35,14 @@ NACL_BORN = """14.400
 -1.08672 0 0 0 -1.08672 0 0 0 -1.08672
 """
 SNO2_CELL = np.diag([4.77258125, 4.77258125, 3.21637939])
-SNO2_FRAC = [[0, 0, 0], [0.5, 0.5, 0.5], [0.1937307, 0.8062693, 0.5], [0.8062693, 0.1937307, 0.5],
-             [0.3062693, 0.3062693, 0.0], [0.6937307, 0.6937307, 0.0]]
+SNO2_FRAC = [
+    [0, 0, 0],
+    [0.5, 0.5, 0.5],
+    [0.1937307, 0.8062693, 0.5],
+    [0.8062693, 0.1937307, 0.5],
+    [0.3062693, 0.3062693, 0.0],
+    [0.6937307, 0.6937307, 0.0],
+]
 SNO2_BORN = """# epsilon and Z* of atoms 1 3
 4.42038879 0.00000000 0.00000000 0.00000000 4.42038879 0.00000000 0.00000000 0.00000000 4.77663396
 4.09429092 0.47310041 0.00000000 0.47310041 4.09429092 0.00000000 0.00000000 0.00000000 4.48212636
@@ -46,8 +52,9 @@ SNO2_BORN = """# epsilon and Z* of atoms 1 3
 
 def nacl() -> Structure:
     a = NACL_A
-    return Structure([11, 17], [[0, 0, 0], [a / 2, a / 2, a / 2]], [[0, a / 2, a / 2], [a / 2, 0, a / 2],
-                                                                    [a / 2, a / 2, 0]], True)
+    return Structure(
+        [11, 17], [[0, 0, 0], [a / 2, a / 2, a / 2]], [[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]], True
+    )
 
 
 def sno2() -> Structure:
@@ -55,8 +62,12 @@ def sno2() -> Structure:
 
 
 def batio3() -> Atoms:
-    return Atoms("BaTiO3", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.52], [0.5, 0.5, -0.02], [0.5, 0, 0.48],
-                                             [0, 0.5, 0.48]], cell=np.diag([4.0, 4.0, 4.1]), pbc=True)
+    return Atoms(
+        "BaTiO3",
+        scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.52], [0.5, 0.5, -0.02], [0.5, 0, 0.48], [0, 0.5, 0.48]],
+        cell=np.diag([4.0, 4.0, 4.1]),
+        pbc=True,
+    )
 
 
 def spring_force_constants(structure: Structure, stiffness, cutoff: float) -> np.ndarray:
@@ -78,8 +89,7 @@ def species_springs(d, zi, zj):
 
 
 def phonopy_atoms(structure: Structure, masses) -> PhonopyAtoms:
-    return PhonopyAtoms(numbers=structure.numbers, cell=structure.cell, positions=structure.positions,
-                        masses=masses)
+    return PhonopyAtoms(numbers=structure.numbers, cell=structure.cell, positions=structure.positions, masses=masses)
 
 
 def phonopy_for(structure: Structure, size, masses, full_fc=None, born_text=None, method="gonze"):
@@ -139,8 +149,11 @@ def test_frequencies_match_phonopy(name, method):
     for direction in ([1, 0, 0], [0, 0, 1], [1, 1, 0], [1, 1, 1], [0.3, -0.2, 0.7]):
         near = 1e-4 * np.array(direction, dtype=float)
         np.testing.assert_allclose(ours.frequencies(near), phonopy_frequencies(ph, near), atol=TOLERANCE_THZ)
-        np.testing.assert_allclose(ours.frequencies([0, 0, 0], q_direction=direction),
-                                   phonopy_frequencies(ph, [0, 0, 0], q_direction=direction), atol=TOLERANCE_THZ)
+        np.testing.assert_allclose(
+            ours.frequencies([0, 0, 0], q_direction=direction),
+            phonopy_frequencies(ph, [0, 0, 0], q_direction=direction),
+            atol=TOLERANCE_THZ,
+        )
     ph.run_qpoints(qpoints[-5:], with_group_velocities=True)
     np.testing.assert_allclose(ours.group_velocities(qpoints[-5:]), ph.qpoints.group_velocities, atol=1e-3)  # THz·Å
     if method:  # the NAC is really on: Gamma splits along some direction
@@ -197,8 +210,9 @@ def test_lo_to_splitting_of_rigid_ion_diatomic_crystal():
     mu = masses.prod() / masses.sum()
     ph = Phonons(unitcell, (3, 3, 3), masses=masses)
     nn = np.sqrt(3) * a / 2
-    ph.set_force_constants(spring_force_constants(ph.supercell.structure, lambda d, zi, zj: np.full_like(d, k),
-                                                  (nn + a) / 2))
+    ph.set_force_constants(
+        spring_force_constants(ph.supercell.structure, lambda d, zi, zj: np.full_like(d, k), (nn + a) / 2)
+    )
     to = np.sqrt(8 / 3 * k / mu) * THZ_PER_SQRT_EV_A2_AMU
     lo = np.sqrt((8 / 3 * k + 4 * np.pi * COULOMB_EV_A * z**2 / (a**3 * eps)) / mu) * THZ_PER_SQRT_EV_A2_AMU
     np.testing.assert_allclose(ph.frequencies([0, 0, 0])[0], [0, 0, 0, to, to, to], atol=1e-6)
@@ -251,8 +265,9 @@ def test_thermal_properties_match_the_lattice_sum_of_a_dispersive_crystal():
     k, mass, a, n = 1.5, 27.0, 2.7, 8
     unitcell = Structure([13], [[0, 0, 0]], np.eye(3) * a, True)
     ph = Phonons(unitcell, (4, 4, 4), masses=[mass])
-    ph.set_force_constants(spring_force_constants(ph.supercell.structure, lambda d, zi, zj: np.full_like(d, k),
-                                                  1.2 * a))
+    ph.set_force_constants(
+        spring_force_constants(ph.supercell.structure, lambda d, zi, zj: np.full_like(d, k), 1.2 * a)
+    )
     grid = np.stack(np.meshgrid(*[np.arange(n) / n] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
     exact = np.sort(2 * np.sqrt(k / mass) * THZ_PER_SQRT_EV_A2_AMU * np.abs(np.sin(np.pi * grid)), axis=1)
     temperatures = [10.0, 100.0, 300.0, 2000.0]
@@ -265,8 +280,9 @@ def test_thermal_properties_match_the_lattice_sum_of_a_dispersive_crystal():
     # group velocity of the x branch: df/dq_x = 2 sqrt(k/m) pi a cos(pi a q_x) (THz·Å; q Cartesian, no 2 pi)
     q = np.array([[0.13, 0.31, 0.41]])
     v = ph.group_velocities(q)[0]
-    branch = np.argmin(np.abs(ph.frequencies(q)[0] - 2 * np.sqrt(k / mass) * THZ_PER_SQRT_EV_A2_AMU
-                              * np.sin(np.pi * 0.13)))
+    branch = np.argmin(
+        np.abs(ph.frequencies(q)[0] - 2 * np.sqrt(k / mass) * THZ_PER_SQRT_EV_A2_AMU * np.sin(np.pi * 0.13))
+    )
     expected_v = 2 * np.sqrt(k / mass) * THZ_PER_SQRT_EV_A2_AMU * np.pi * a * np.cos(np.pi * 0.13)
     np.testing.assert_allclose(v[branch], [expected_v, 0, 0], rtol=1e-5, atol=1e-5)
 
@@ -286,8 +302,12 @@ def test_qha_recovers_the_minimum_of_a_synthetic_free_energy():
 
     def exact(t, pressure):
         p = pressure * GPA
-        best = minimize_scalar(lambda v: eos_energy("vinet", v, e0, v0, b0, bp) + f_vib(v, t)[0] + p * v,
-                               bounds=(0.9 * v0, 1.1 * v0), method="bounded", options={"xatol": 1e-10})
+        best = minimize_scalar(
+            lambda v: eos_energy("vinet", v, e0, v0, b0, bp) + f_vib(v, t)[0] + p * v,
+            bounds=(0.9 * v0, 1.1 * v0),
+            method="bounded",
+            options={"xatol": 1e-10},
+        )
         return best.x, best.fun
 
     volumes = v0 * np.linspace(0.95, 1.05, 11)
@@ -375,9 +395,28 @@ def test_cli_phonon_writes_phonopy_readable_files(cli, tmp_path):
     poscar = tmp_path / "NaCl.vasp"
     bulk("NaCl", "rocksalt", a=5.69).write(poscar, format="vasp")
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli.phonon, [str(poscar), "--no-relax", "--supercell", "2", "2", "2",
-                                             "--allow-small-supercell", "--mesh", "6",
-                                             "6", "6", "--npoints", "9", "--tmax", "300", "-o", str(out)])
+    result = CliRunner().invoke(
+        cli.phonon,
+        [
+            str(poscar),
+            "--no-relax",
+            "--supercell",
+            "2",
+            "2",
+            "2",
+            "--allow-small-supercell",
+            "--mesh",
+            "6",
+            "6",
+            "6",
+            "--npoints",
+            "9",
+            "--tmax",
+            "300",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "LO-TO splitting" in result.output
     assert "NAC applied: insulator" in result.output
@@ -404,8 +443,7 @@ def test_cli_phonon_writes_phonopy_readable_files(cli, tmp_path):
     assert report["nac"]["applied"] and report["nac"]["reason"].startswith("insulator")
     assert report["supercell_check"]["contains_cutoff_sphere"] is False
     gamma = report["gamma"]
-    for key in ("q_direction", "frequencies", "frequencies_nac", "lo_to_shifts", "lo_to_splitting",
-                "imaginary_modes"):
+    for key in ("q_direction", "frequencies", "frequencies_nac", "lo_to_shifts", "lo_to_splitting", "imaginary_modes"):
         assert key in gamma
     assert gamma["lo_to_splitting"] > 0.5
     assert {"mesh_count", "band_path_count", "lowest_mesh_frequency"} <= set(report["imaginary_modes"])
@@ -425,10 +463,34 @@ def test_cli_qha(cli, tmp_path):
     poscar = tmp_path / "NaCl.vasp"
     bulk("NaCl", "rocksalt", a=5.69).write(poscar, format="vasp")
     out = tmp_path / "qha"
-    result = CliRunner().invoke(cli.qha, [str(poscar), "--supercell", "2", "2", "2", "--allow-small-supercell",
-                                          "--mesh", "4", "4", "4",
-                                          "--volumes", "5", "--tmax", "300", "--tstep", "50", "--pressure", "0",
-                                          "--pressure", "1", "--no-nac", "-o", str(out)])
+    result = CliRunner().invoke(
+        cli.qha,
+        [
+            str(poscar),
+            "--supercell",
+            "2",
+            "2",
+            "2",
+            "--allow-small-supercell",
+            "--mesh",
+            "4",
+            "4",
+            "4",
+            "--volumes",
+            "5",
+            "--tmax",
+            "300",
+            "--tstep",
+            "50",
+            "--pressure",
+            "0",
+            "--pressure",
+            "1",
+            "--no-nac",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((out / "qha.json").read_text())
     assert len(data["volumes_A3"]) == 5 and len(data["results"]) == 2
@@ -446,8 +508,10 @@ def test_cli_phonon_refuses_a_small_supercell_and_skips_nac_for_a_metal(cli, tmp
     out = tmp_path / "out"
     small = CliRunner().invoke(cli.phonon, [str(poscar), "--no-relax", "--supercell", "2", "2", "2", "-o", str(out)])
     assert small.exit_code == 2 and "2 x cutoff" in small.output and not out.exists()
-    result = CliRunner().invoke(cli.phonon, [str(poscar), "--no-relax", "--mesh", "4", "4", "4", "--npoints", "5",
-                                             "--tmax", "100", "-o", str(out)])
+    result = CliRunner().invoke(
+        cli.phonon,
+        [str(poscar), "--no-relax", "--mesh", "4", "4", "4", "--npoints", "5", "--tmax", "100", "-o", str(out)],
+    )
     assert result.exit_code == 0, result.output
     assert "supercell 4x4x4" in result.output
     assert "NAC not applied: metallic: AlNi holds only metals" in result.output

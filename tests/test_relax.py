@@ -28,8 +28,13 @@ def scipy_positions(model, atoms):
         p = model.predict(atoms)
         return p.energy, -p.forces.ravel()
 
-    res = minimize(fun, atoms.positions.ravel(), jac=True, method="L-BFGS-B", options={"gtol": 1e-10, "ftol": 1e-15,
-                                                                                         "maxiter": 5000})
+    res = minimize(
+        fun,
+        atoms.positions.ravel(),
+        jac=True,
+        method="L-BFGS-B",
+        options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 5000},
+    )
     return res.fun, res.x.reshape(-1, 3)
 
 
@@ -119,8 +124,11 @@ def test_cli_relax(monkeypatch, tmp_path):
     atoms.rattle(0.05, seed=0)
     ase.io.write(structure, atoms)
     out = tmp_path / "relaxed.extxyz"
-    result = CliRunner().invoke(main, ["relax", str(structure), "--cell", "--pressure", "1.5", "--fmax", "1e-4",
-                                       "-o", str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        ["relax", str(structure), "--cell", "--pressure", "1.5", "--fmax", "1e-4", "-o", str(out)],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert "converged" in result.output and "GPa" in result.output
     relaxed = ase.io.read(out)
@@ -149,8 +157,13 @@ def test_relax_arguments_are_checked_first(monkeypatch, tmp_path):
     monkeypatch.setattr(cli_md, "load_model", never)
     structure = tmp_path / "start.cif"
     ase.io.write(structure, bulk("Cu", "fcc", a=3.6))
-    for args, name in ((["--fmax", "0"], "fmax"), (["--fmax", "nan"], "fmax"), (["--max-steps", "-1"], "max_steps"),
-                       (["--pressure", "inf"], "pressure"), (["-o", str(tmp_path / "no" / "x.extxyz")], "--output")):
+    for args, name in (
+        (["--fmax", "0"], "fmax"),
+        (["--fmax", "nan"], "fmax"),
+        (["--max-steps", "-1"], "max_steps"),
+        (["--pressure", "inf"], "pressure"),
+        (["-o", str(tmp_path / "no" / "x.extxyz")], "--output"),
+    ):
         result = CliRunner().invoke(main, ["relax", str(structure), *args])
         assert result.exit_code == 2 and name in result.output, (args, result.output)
     with pytest.raises(ValueError, match="fmax"):

@@ -93,8 +93,9 @@ def test_cpu_batches_bound_the_padded_slots():
     assert len(batches) == 5 and sum(len(b) for b in batches) == len(mixed)
     for batch in batches:
         n = sum(len(g["numbers"]) for g in batch)
-        assert len(batch) == 1 or (n * (max(g["receiver_slots"].shape[1] for g in batch) + 1) <= CPU_SLOT_BUDGET
-                                   and n <= ATOM_BUDGET)
+        assert len(batch) == 1 or (
+            n * (max(g["receiver_slots"].shape[1] for g in batch) + 1) <= CPU_SLOT_BUDGET and n <= ATOM_BUDGET
+        )
     assert [len(b) for b in _batches(iter(mixed), None, None)] == [44]  # on a GPU: atoms only (1,144 < 2,048)
     assert [len(b) for b in _batches(iter(mixed), 16, None)] == [16, 16, 12]
 
@@ -144,13 +145,16 @@ def test_calculator_caches_like_ase(sdk_model):
         water.get_stress()
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: Atoms(numbers=[95], positions=[[0, 0, 0]]), "unknown element"),
-    (lambda: Atoms("H2", positions=[[0, 0, 0], [np.inf, 0, 0]]), "NaN or inf"),
-    (lambda: Atoms("H2", positions=[[0, 0, 0], [0.05, 0, 0]]), "overlapping atoms"),
-    (lambda: Atoms("H", cell=[[1, 0, 0], [0, 1, 0], [1, 1, 0]], pbc=True), "singular cell"),
-    (lambda: Atoms(), "non-empty"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Atoms(numbers=[95], positions=[[0, 0, 0]]), "unknown element"),
+        (lambda: Atoms("H2", positions=[[0, 0, 0], [np.inf, 0, 0]]), "NaN or inf"),
+        (lambda: Atoms("H2", positions=[[0, 0, 0], [0.05, 0, 0]]), "overlapping atoms"),
+        (lambda: Atoms("H", cell=[[1, 0, 0], [0, 1, 0], [1, 1, 0]], pbc=True), "singular cell"),
+        (lambda: Atoms(), "non-empty"),
+    ],
+)
 def test_bad_structures_raise_named_errors(sdk_model, make, message):
     with pytest.raises(ValueError, match=message):
         sdk_model.predict(make())
@@ -282,9 +286,23 @@ def test_cli_predict(exported, tmp_path):
     ase.io.write(tmp_path / "in.extxyz", frames, format="extxyz")
     ase.io.write(tmp_path / "POSCAR", frames[0], format="vasp")
     runner = CliRunner()
-    result = runner.invoke(cli, ["predict", str(tmp_path / "in.extxyz"), str(tmp_path / "POSCAR"), "--model",
-                                 str(path), "--device", "cpu", "--format", "json", "-o", str(tmp_path / "out.json"),
-                                 "--include-untrained"])
+    result = runner.invoke(
+        cli,
+        [
+            "predict",
+            str(tmp_path / "in.extxyz"),
+            str(tmp_path / "POSCAR"),
+            "--model",
+            str(path),
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+            "-o",
+            str(tmp_path / "out.json"),
+            "--include-untrained",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "O2Zn2 (4 atoms)" in result.output and "CH4 (5 atoms)" in result.output and "GPa" in result.output
     records = json.loads((tmp_path / "out.json").read_text())
@@ -292,17 +310,41 @@ def test_cli_predict(exported, tmp_path):
     assert len(records) == 3
     np.testing.assert_allclose(records[1]["born_charges"], reference[1]["born_charges"], atol=1e-10)
 
-    result = runner.invoke(cli, ["predict", str(tmp_path / "in.extxyz"), "--model", str(path), "--device", "cpu",
-                                 "-o", str(tmp_path / "out.extxyz"), "--include-untrained"])
+    result = runner.invoke(
+        cli,
+        [
+            "predict",
+            str(tmp_path / "in.extxyz"),
+            "--model",
+            str(path),
+            "--device",
+            "cpu",
+            "-o",
+            str(tmp_path / "out.extxyz"),
+            "--include-untrained",
+        ],
+    )
     assert result.exit_code == 0, result.output
     back = ase.io.read(tmp_path / "out.extxyz", index=":")
-    np.testing.assert_allclose(back[0].arrays["born_charges"].reshape(-1, 3, 3), reference[0]["born_charges"],
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        back[0].arrays["born_charges"].reshape(-1, 3, 3), reference[0]["born_charges"], atol=1e-8
+    )
 
     partly = tmp_path / "partly.onnx"  # a model whose charges head is untrained: charges are left out
     with_metadata(path, partly, untrained_outputs='["charges"]')
-    result = runner.invoke(cli, ["predict", str(tmp_path / "in.extxyz"), "--model", str(partly), "--device", "cpu",
-                                 "-o", str(tmp_path / "partly.extxyz")])
+    result = runner.invoke(
+        cli,
+        [
+            "predict",
+            str(tmp_path / "in.extxyz"),
+            "--model",
+            str(partly),
+            "--device",
+            "cpu",
+            "-o",
+            str(tmp_path / "partly.extxyz"),
+        ],
+    )
     assert result.exit_code == 0 and "left out charges" in result.output, result.output
     back = ase.io.read(tmp_path / "partly.extxyz", index=0)
     assert "charges" not in back.arrays and "born_charges" in back.arrays
@@ -325,12 +367,27 @@ def test_cli_predict_writes_every_good_structure_and_names_each_bad_one(exported
     (tmp_path / "cut.extxyz").write_text("\n".join(lines[:-2]) + "\n")
     third = len(good[1]) + len(good[0]) + 4 + 1  # the line where the third frame starts
     out = tmp_path / "out.extxyz"
-    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "mixed.extxyz"), str(tmp_path / "cut.extxyz"),
-                                      "--model", str(path), "--device", "cpu", "-o", str(out), "--include-untrained"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(tmp_path / "mixed.extxyz"),
+            str(tmp_path / "cut.extxyz"),
+            "--model",
+            str(path),
+            "--device",
+            "cpu",
+            "-o",
+            str(out),
+            "--include-untrained",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert f"failed: {tmp_path / 'mixed.extxyz'}[1]: " in result.output and "0.1" in result.output
-    assert f"failed: {tmp_path / 'cut.extxyz'}[2]: cannot read {tmp_path / 'cut.extxyz'}: frame 2 (starting at " \
-           f"line {third})" in result.output
+    assert (
+        f"failed: {tmp_path / 'cut.extxyz'}[2]: cannot read {tmp_path / 'cut.extxyz'}: frame 2 (starting at "
+        f"line {third})" in result.output
+    )
     assert "2 structure(s) failed" in result.output and "4 succeeded" in result.output
     back = ase.io.read(out, index=":")
     assert [len(a) for a in back] == [len(good[0]), len(good[1]), len(good[1]), len(good[0])]
@@ -345,8 +402,10 @@ def test_memory_budget_at_load_turns_the_cpu_arena_off(exported):
     assert not budgeted.session.get_session_options().enable_cpu_mem_arena
 
 
-@pytest.mark.parametrize("budget, message", [("abc", "must be a number"), (float("nan"), "must be finite"),
-                                             (-1, "must be > 0"), (0, "must be > 0")])
+@pytest.mark.parametrize(
+    "budget, message",
+    [("abc", "must be a number"), (float("nan"), "must be finite"), (-1, "must be > 0"), (0, "must be > 0")],
+)
 def test_memory_budget_is_checked_at_load(exported, budget, message):
     with pytest.raises(ValueError, match=f"memory_budget .* {message}"):
         mtsim.load(exported[1], device="cpu", memory_budget=budget)
@@ -416,7 +475,7 @@ def test_split_outputs_gives_each_structure_its_rows():
             np.testing.assert_array_equal(part[name], out[name][s])
         for name in PER_ATOM_OUTPUTS:
             assert len(part[name]) == n
-            np.testing.assert_array_equal(part[name], out[name][start:start + n])
+            np.testing.assert_array_equal(part[name], out[name][start : start + n])
         start += n
     with pytest.raises(ValueError, match="6 atoms.*adds up to 5"):
         split_outputs(out, (2, 3))
@@ -445,10 +504,16 @@ def test_evaluate_checks_its_inputs(sdk_model):
         (changed(numbers=np.where(np.arange(n) == 1, -1, good["numbers"])), InputError, "atomic number -1"),
         (changed(numbers=np.full(n, 95)), InputError, "atomic number 95"),
         (changed(batch=good["batch"][::-1].copy()), InputError, "'batch' must be sorted"),
-        (changed(edge_index=np.where(np.arange(e) == 3, n, good["edge_index"])), InputError,
-         f"'edge_index' holds atom index {n}"),
-        (changed(receiver_slots=np.where(np.arange(n)[:, None] == 0, e + 1, good["receiver_slots"])), InputError,
-         f"'receiver_slots' holds edge index {e + 1}"),
+        (
+            changed(edge_index=np.where(np.arange(e) == 3, n, good["edge_index"])),
+            InputError,
+            f"'edge_index' holds atom index {n}",
+        ),
+        (
+            changed(receiver_slots=np.where(np.arange(n)[:, None] == 0, e + 1, good["receiver_slots"])),
+            InputError,
+            f"'receiver_slots' holds edge index {e + 1}",
+        ),
         (changed(positions=np.where(np.arange(n)[:, None] == 0, np.nan, good["positions"])), InputError, "NaN"),
         ({k: v for k, v in good.items() if k != "shifts"}, InputError, r"missing input\(s\) \['shifts'\]"),
     ]

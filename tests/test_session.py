@@ -42,12 +42,16 @@ def test_sdk_and_validator_read_the_same_options(tmp_path):
     from mtsim.converters.validate import onnx_session
 
     custom = json.dumps({"cpu": {"execution_order": "DEFAULT", "enable_mem_pattern": True}})
-    files = {"without key": with_metadata(SHIPPED, tmp_path / "old.onnx", None),
-             "default": with_metadata(SHIPPED, tmp_path / "new.onnx", json.dumps(SESSION_OPTIONS)),
-             "custom": with_metadata(SHIPPED, tmp_path / "custom.onnx", custom)}
-    expected = {"without key": (ort.ExecutionOrder.PRIORITY_BASED, False, True),
-                "default": (ort.ExecutionOrder.PRIORITY_BASED, False, True),
-                "custom": (ort.ExecutionOrder.DEFAULT, True, True)}
+    files = {
+        "without key": with_metadata(SHIPPED, tmp_path / "old.onnx", None),
+        "default": with_metadata(SHIPPED, tmp_path / "new.onnx", json.dumps(SESSION_OPTIONS)),
+        "custom": with_metadata(SHIPPED, tmp_path / "custom.onnx", custom),
+    }
+    expected = {
+        "without key": (ort.ExecutionOrder.PRIORITY_BASED, False, True),
+        "default": (ort.ExecutionOrder.PRIORITY_BASED, False, True),
+        "custom": (ort.ExecutionOrder.DEFAULT, True, True),
+    }
     for name, path in files.items():
         sdk = options_of(Model(path, device="cpu").session)
         validator = options_of(onnx_session(path))
@@ -62,8 +66,10 @@ def test_session_options_by_device_and_bad_metadata(tmp_path):
         session_options({}, "tpu")
     with pytest.raises(NotMtsimOnnxError, match="not JSON"):
         session_options({KEY_SESSION_OPTIONS: "{cpu"}, "cpu")
-    for bad, message in (({"cpu": {"execution_order": "SIDEWAYS"}}, "SIDEWAYS"),
-                         ({"cpu": {"enable_warp_drive": True}}, "enable_warp_drive")):
+    for bad, message in (
+        ({"cpu": {"execution_order": "SIDEWAYS"}}, "SIDEWAYS"),
+        ({"cpu": {"enable_warp_drive": True}}, "enable_warp_drive"),
+    ):
         path = with_metadata(SHIPPED, tmp_path / "bad.onnx", json.dumps(bad))
         with pytest.raises(NotMtsimOnnxError, match=message):
             open_session(path)

@@ -42,8 +42,12 @@ Z_AL = np.diag([1.5, 1.4, 1.6]) + 0.1 * np.eye(3)[[1, 2, 0]]  # made-up Born cha
 def labelled_frames() -> list:
     """Eight small EMT-labelled cells (energy, forces, stress); the NiAl ones also carry made-up Born charges and
     eps_inf under the phonopy-style keys, the Ni ones magnetic moments."""
-    prototypes = [bulk("Cu", "fcc", a=3.61), bulk("Al", "fcc", a=4.05), bulk("Ni", "fcc", a=3.52),
-                  bulk("NiAl", "cesiumchloride", a=2.88)]
+    prototypes = [
+        bulk("Cu", "fcc", a=3.61),
+        bulk("Al", "fcc", a=4.05),
+        bulk("Ni", "fcc", a=3.52),
+        bulk("NiAl", "cesiumchloride", a=2.88),
+    ]
     rng = np.random.default_rng(0)
     frames = []
     for k in range(8):
@@ -51,8 +55,7 @@ def labelled_frames() -> list:
         atoms.set_cell(atoms.cell[:] @ (np.eye(3) + rng.uniform(-0.03, 0.03, (3, 3))), scale_atoms=True)
         atoms.rattle(0.08, seed=k)
         atoms.calc = EMT()
-        results = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
-                       stress=atoms.get_stress())
+        results = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces(), stress=atoms.get_stress())
         if "Ni" in atoms.get_chemical_symbols() and "Al" not in atoms.get_chemical_symbols():
             results["magmoms"] = np.full(len(atoms), 0.6)
         atoms.calc = SinglePointCalculator(atoms, **results)
@@ -93,9 +96,13 @@ def dataset(data_file):
 
 def make_config(data_file, run_dir, model=None, **sections) -> TrainConfig:
     """A tiny float64 run on ``data_file``; ``model`` replaces the model section, ``sections`` update theirs."""
-    raw = {"run_dir": str(run_dir), "data": {"train": [str(data_file)], "batch_size": 3, "val_fraction": 0.25},
-           "model": {"dtype": "float64", **TINY} if model is None else model,
-           "optimizer": {"lr": 2e-3}, "schedule": {"epochs": 2, "warmup_epochs": 0.5, "patience": None}}
+    raw = {
+        "run_dir": str(run_dir),
+        "data": {"train": [str(data_file)], "batch_size": 3, "val_fraction": 0.25},
+        "model": {"dtype": "float64", **TINY} if model is None else model,
+        "optimizer": {"lr": 2e-3},
+        "schedule": {"epochs": 2, "warmup_epochs": 0.5, "patience": None},
+    }
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     return TrainConfig.from_dict(raw)
@@ -109,8 +116,15 @@ def tiny_model(seed=0):
 def test_labels_read_from_extxyz_and_database(tmp_path, data_file, dataset):
     frames = labelled_frames()
     assert len(dataset) == 8
-    assert dataset.label_counts() == {"energy": 8, "forces": 8, "stress": 8, "magmoms": 2, "charges": 0,
-                                      "born_charges": 2, "dielectric": 2}
+    assert dataset.label_counts() == {
+        "energy": 8,
+        "forces": 8,
+        "stress": 8,
+        "magmoms": 2,
+        "charges": 0,
+        "born_charges": 2,
+        "dielectric": 2,
+    }
     nial = dataset[3]
     np.testing.assert_allclose(nial.labels["stress"], frames[3].get_stress(voigt=False))
     np.testing.assert_allclose(nial.labels["born_charges"][nial.graph["numbers"] == 13][0], Z_AL)
@@ -181,10 +195,10 @@ def test_loss_terms_average_only_over_labelled_structures(dataset):
     predictions = {k: v.detach() for k, v in model(**alone.inputs).items()}
     _, terms = multitask_loss(predictions, alone)
     n = alone.num_atoms[0]
-    assert float(terms["energy"]) == pytest.approx(
-        abs(float(predictions["energy"][0] - alone.labels["energy"][0])) / n)
+    assert float(terms["energy"]) == pytest.approx(abs(float(predictions["energy"][0] - alone.labels["energy"][0])) / n)
     assert float(terms["stress"]) == pytest.approx(
-        float((predictions["stress"] - alone.labels["stress"]).abs().mean()) / GPa)
+        float((predictions["stress"] - alone.labels["stress"]).abs().mean()) / GPa
+    )
 
 
 def test_normalisation_fits_reference_energies_and_scales(dataset):
@@ -217,8 +231,7 @@ def test_a_few_steps_lower_the_loss(tmp_path, data_file, dataset):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, 9))
     assert records[-1]["lr"]["head"] == 0.0  # linear decay to zero
-    assert set(records[0]["train"]) == {"loss", "energy", "forces", "stress", "magmoms", "born_charges",
-                                        "dielectric"}
+    assert set(records[0]["train"]) == {"loss", "energy", "forces", "stress", "magmoms", "born_charges", "dielectric"}
     steps = [line for line in lines if line.startswith("step ")]  # progress inside epochs, every 2 steps
     assert [line.split()[1] for line in steps] == [f"{k}/24" for k in range(2, 25, 2)]
     assert sum(line.startswith("epoch ") for line in lines) == 8
@@ -243,17 +256,20 @@ def test_resume_is_bitwise_exact(tmp_path, data_file):
     for pa, pb in zip(a["training"]["optimizer"]["state"].values(), b["training"]["optimizer"]["state"].values()):
         assert all(torch.equal(pa[k], pb[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
     assert a["training"]["scheduler"] == b["training"]["scheduler"]
-    assert ((tmp_path / "straight" / "metrics.jsonl").read_text()
-            == (tmp_path / "pieces" / "metrics.jsonl").read_text())
+    assert (tmp_path / "straight" / "metrics.jsonl").read_text() == (tmp_path / "pieces" / "metrics.jsonl").read_text()
 
 
 def test_finetuning_freezes_the_backbone_and_reinitialises_heads(tmp_path, data_file, dataset):
     pretrained = tiny_model(seed=1)
     fit_normalisation(pretrained, dataset)
     save_checkpoint(pretrained, tmp_path / "pretrained.pt", {"name": "pretrained"})
-    config = make_config(data_file, tmp_path / "run", model={"dtype": "float64"},  # sizes from the checkpoint
-                         finetune={"checkpoint": str(tmp_path / "pretrained.pt"), "reinit_heads": ["born_charges"]},
-                         optimizer={"lr": 1e-3, "backbone_lr": 0.0})
+    config = make_config(
+        data_file,
+        tmp_path / "run",
+        model={"dtype": "float64"},  # sizes from the checkpoint
+        finetune={"checkpoint": str(tmp_path / "pretrained.pt"), "reinit_heads": ["born_charges"]},
+        optimizer={"lr": 1e-3, "backbone_lr": 0.0},
+    )
     model = prepare_model(config, dataset)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     reference = pretrained.state_dict()
@@ -291,14 +307,22 @@ def test_provenance_names_untrained_heads_and_data(tmp_path, data_file, dataset)
     # fine-tuning with the energy head re-initialised but no energy-type loss: energy is untrained again, magmoms
     # now trains, born_charges (weight 0) stays as the base model had it (trained)
     save_checkpoint(model, tmp_path / "base.pt")
-    tuned = make_config(data_file, tmp_path / "tuned", model={"dtype": "float64"},
-                        finetune={"checkpoint": str(tmp_path / "base.pt"), "reinit_heads": ["energy"]},
-                        loss={"born_charges": 0.0, "energy": 0.0, "forces": 0.0, "stress": 0.0})
+    tuned = make_config(
+        data_file,
+        tmp_path / "tuned",
+        model={"dtype": "float64"},
+        finetune={"checkpoint": str(tmp_path / "base.pt"), "reinit_heads": ["energy"]},
+        loss={"born_charges": 0.0, "energy": 0.0, "forces": 0.0, "stress": 0.0},
+    )
     tuned_model = prepare_model(tuned, dataset)
     assert tuned_model.metadata["untrained_heads"] == ["charges", "energy"]
     assert tuned_model.metadata["training_data"]["base"]["description"] == "EMT labels"
     assert json.loads(export_metadata(tuned_model, "float32")["untrained_outputs"]) == [
-        "energy", "forces", "stress", "charges"]
+        "energy",
+        "forces",
+        "stress",
+        "charges",
+    ]
     # a fresh model marks everything untrained
     assert json.loads(export_metadata(tiny_model(), "float32")["untrained_outputs"]) == list(PROPERTIES)
 
@@ -323,8 +347,10 @@ def test_config_validation_names_the_offending_key(tmp_path):
         ({**base, "model": {"dim": 30}}, "not divisible"),
         ({**base, "finetune": {"reinit_heads": ["energy"]}}, "needs finetune.checkpoint"),
         ({**base, "finetune": {"checkpoint": "x.pt"}, "model": {"dim": 64}}, "'model.dim' cannot be set"),
-        ({**base, "finetune": {"checkpoint": "x.pt", "reinit_heads": ["forces"]}},
-         r"'finetune.reinit_heads\[0\]' must be one of"),
+        (
+            {**base, "finetune": {"checkpoint": "x.pt", "reinit_heads": ["forces"]}},
+            r"'finetune.reinit_heads\[0\]' must be one of",
+        ),
     ]
     for raw, message in cases:
         with pytest.raises(ConfigError, match=message):

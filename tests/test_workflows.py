@@ -107,8 +107,7 @@ def test_predict_bitwise_failure_resume_retry(client, model, tmp_path):
     assert (again.done, again.failed, again.skipped) == (0, 0, len(structures))
 
     before = rows_by_key(db)
-    retried = workflows.run("predict", structures, db, client=client, batch_atoms=8, retry_failed=True,
-                            progress=False)
+    retried = workflows.run("predict", structures, db, client=client, batch_atoms=8, retry_failed=True, progress=False)
     assert (retried.done, retried.failed, retried.skipped) == (0, 1, len(structures) - 1)
     after = rows_by_key(db)
     assert set(after) == set(before) and len(after) == len(structures)  # the failed row replaced, not added
@@ -116,8 +115,7 @@ def test_predict_bitwise_failure_resume_retry(client, model, tmp_path):
     assert after[bad].id != before[bad].id and after[bad].status == "failed"
     assert all(after[k].id == before[k].id for k in after if k != bad)
 
-    other = workflows.run("predict", structures[:3], db, client=client, options={"allow_overlap": True},
-                          progress=False)
+    other = workflows.run("predict", structures[:3], db, client=client, options={"allow_overlap": True}, progress=False)
     assert other.done == 3 and other.skipped == 0  # other options: other rows
 
 
@@ -206,8 +204,17 @@ def test_cli_folder_glob_and_scheduler(client, tmp_path):
     for k, atoms in enumerate(structures[3:]):
         atoms.write(tmp_path / f"g{k}.cif")
     db = tmp_path / "cli.db"
-    args = ["run", "predict", str(folder), str(tmp_path / "g*.cif"), "--db", str(db),
-            "--scheduler", client.scheduler.address, "--quiet"]
+    args = [
+        "run",
+        "predict",
+        str(folder),
+        str(tmp_path / "g*.cif"),
+        "--db",
+        str(db),
+        "--scheduler",
+        client.scheduler.address,
+        "--quiet",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert re.search(r"done now\s+5", result.output)
@@ -221,8 +228,10 @@ def test_cli_folder_glob_and_scheduler(client, tmp_path):
 
 
 def test_import_mtsim_does_not_import_dask():
-    code = ("import sys, mtsim, mtsim.cli, mtsim.workflows\n"
-            "assert not {'dask', 'distributed'} & set(sys.modules), sorted(m for m in sys.modules if 'dask' in m)\n")
+    code = (
+        "import sys, mtsim, mtsim.cli, mtsim.workflows\n"
+        "assert not {'dask', 'distributed'} & set(sys.modules), sorted(m for m in sys.modules if 'dask' in m)\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -251,12 +260,27 @@ def postgres_url():
     try:
         if as_postgres:
             shutil.chown(folder, "postgres")
-        subprocess.run(as_postgres + [str(bindir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U",
-                                      "postgres"], check=True, capture_output=True)
-        subprocess.run(as_postgres + [str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-w", "-l",
-                                      str(folder / "log"), "-o",
-                                      f"-p {port} -c listen_addresses=127.0.0.1 -k {folder}", "start"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            as_postgres + [str(bindir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres"],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            as_postgres
+            + [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(folder / "data"),
+                "-w",
+                "-l",
+                str(folder / "log"),
+                "-o",
+                f"-p {port} -c listen_addresses=127.0.0.1 -k {folder}",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
     except (subprocess.CalledProcessError, OSError, LookupError) as err:
         shutil.rmtree(folder, ignore_errors=True)
         detail = getattr(err, "stderr", b"") or b""
@@ -264,8 +288,10 @@ def postgres_url():
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(as_postgres + [str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate",
-                                      "stop"], capture_output=True)
+        subprocess.run(
+            as_postgres + [str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -297,8 +323,7 @@ def test_a_killed_worker_loses_nothing(client, tmp_path):
     killer = threading.Thread(target=kill_a_busy_worker)
     killer.start()
     db = str(tmp_path / "k.db")
-    summary = workflows.run("md", structures, db, client=client, options={"steps": 60, "interval": 20},
-                            progress=False)
+    summary = workflows.run("md", structures, db, client=client, options={"steps": 60, "interval": 20}, progress=False)
     killer.join()
     assert killed, "no worker was busy to kill"
     assert killed[0] not in client.run(os.getpid).values()  # the nanny started a new process

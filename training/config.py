@@ -44,8 +44,11 @@ class ModelSection:
 
     def overrides(self) -> dict:
         """The sizes that are set, as ``build_model`` keyword arguments."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("preset", "dtype") and getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("preset", "dtype") and getattr(self, f.name) is not None
+        }
 
 
 @dataclass
@@ -180,8 +183,10 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
 
@@ -193,8 +198,9 @@ def _parse(cls, data, where: str):
     known = [f.name for f in fields(cls)]
     for key in data:
         if key not in known:
-            raise ConfigError(f"unknown key {_join(where, key)!r}; {where or 'the top level'} takes: "
-                              f"{', '.join(known)}")
+            raise ConfigError(
+                f"unknown key {_join(where, key)!r}; {where or 'the top level'} takes: {', '.join(known)}"
+            )
     hints = typing.get_type_hints(cls)
     values = {}
     for f in fields(cls):
@@ -227,8 +233,9 @@ def _convert(value, kind, name: str):
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name!r} must be a mapping, got {_kind(value)}")
-        return {_convert(k, args[0], f"{name} key"): _convert(v, args[1], _join(name, str(k)))
-                for k, v in value.items()}
+        return {
+            _convert(k, args[0], f"{name} key"): _convert(v, args[1], _join(name, str(k))) for k, v in value.items()
+        }
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -238,6 +245,7 @@ def _convert(value, kind, name: str):
 
 def _check_values(config: TrainConfig) -> None:
     """Range and consistency checks that the types alone do not express."""
+
     def require(ok: bool, name: str, what: str):
         if not ok:
             raise ConfigError(f"{name!r} {what}")
@@ -252,8 +260,11 @@ def _check_values(config: TrainConfig) -> None:
     for name in ("lr", "head_lr", "backbone_lr", "weight_decay", "eps"):
         value = getattr(opt, name)
         require(value is None or value >= 0.0, f"optimizer.{name}", "must be non-negative")
-    require(max(opt.lr if v is None else v for v in (opt.head_lr, opt.backbone_lr)) > 0, "optimizer",
-            "freezes every parameter (all learning rates are 0)")
+    require(
+        max(opt.lr if v is None else v for v in (opt.head_lr, opt.backbone_lr)) > 0,
+        "optimizer",
+        "freezes every parameter (all learning rates are 0)",
+    )
     require(0.0 <= opt.beta1 < 1.0, "optimizer.beta1", "must be in [0, 1)")
     require(0.0 <= opt.beta2 < 1.0, "optimizer.beta2", "must be in [0, 1)")
     require(opt.grad_clip is None or opt.grad_clip > 0, "optimizer.grad_clip", "must be positive or null")
@@ -261,13 +272,19 @@ def _check_values(config: TrainConfig) -> None:
     require(0.0 <= sched.warmup_epochs <= sched.epochs, "schedule.warmup_epochs", "must be in [0, epochs]")
     require(0.0 <= sched.ema_decay < 1.0, "schedule.ema_decay", "must be in [0, 1)")
     require(sched.patience is None or sched.patience >= 1, "schedule.patience", "must be at least 1 or null")
-    require(sched.checkpoint_every is None or sched.checkpoint_every >= 1, "schedule.checkpoint_every",
-            "must be at least 1 or null")
+    require(
+        sched.checkpoint_every is None or sched.checkpoint_every >= 1,
+        "schedule.checkpoint_every",
+        "must be at least 1 or null",
+    )
     require(config.ensemble >= 1, "ensemble", "must be at least 1")
     if config.finetune.checkpoint is not None:
         sizes = config.model.overrides()
-        require(not sizes, f"model.{next(iter(sizes), '')}", "cannot be set when fine-tuning (the checkpoint "
-                "fixes the architecture)")
+        require(
+            not sizes,
+            f"model.{next(iter(sizes), '')}",
+            "cannot be set when fine-tuning (the checkpoint fixes the architecture)",
+        )
     else:
         require(not config.finetune.reinit_heads, "finetune.reinit_heads", "needs finetune.checkpoint")
         for name, value in config.model.overrides().items():

@@ -39,8 +39,15 @@ from mtsim.graph import build_graph, with_slots
 from mtsim.model import PER_STRUCTURE_OUTPUTS
 from mtsim.training.model import PROPERTIES
 
-LABEL_SHAPES = {"energy": (), "forces": (3,), "stress": (3, 3), "magmoms": (), "charges": (),
-                "born_charges": (3, 3), "dielectric": (3, 3)}
+LABEL_SHAPES = {
+    "energy": (),
+    "forces": (3,),
+    "stress": (3, 3),
+    "magmoms": (),
+    "charges": (),
+    "born_charges": (3, 3),
+    "dielectric": (3, 3),
+}
 """Shape of one label per structure (per-structure labels) or per atom (the others)."""
 
 DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
@@ -148,8 +155,9 @@ class AtomsDataset(torch.utils.data.Dataset):
         self.samples = list(samples)
 
     @classmethod
-    def from_atoms(cls, frames, cutoff: float, keys: Mapping[str, Sequence[str]] | None = None,
-                   source: str = "") -> AtomsDataset:
+    def from_atoms(
+        cls, frames, cutoff: float, keys: Mapping[str, Sequence[str]] | None = None, source: str = ""
+    ) -> AtomsDataset:
         keys = label_keys(keys)
         samples = []
         for k, atoms in enumerate(frames):
@@ -163,8 +171,9 @@ class AtomsDataset(torch.utils.data.Dataset):
         return cls(samples)
 
     @classmethod
-    def from_files(cls, paths: Sequence[str | os.PathLike], cutoff: float,
-                   keys: Mapping[str, Sequence[str]] | None = None) -> AtomsDataset:
+    def from_files(
+        cls, paths: Sequence[str | os.PathLike], cutoff: float, keys: Mapping[str, Sequence[str]] | None = None
+    ) -> AtomsDataset:
         """Every structure of every file (extxyz, ``.db``, any ASE format)."""
         samples = []
         for path in paths:
@@ -197,24 +206,30 @@ def collate(samples: Sequence[Sample], dtype: torch.dtype = torch.float64) -> Ba
     def cat(key: str) -> np.ndarray:
         return np.concatenate([s.graph[key] for s in samples])
 
-    graph = with_slots({
-        "numbers": cat("numbers"),
-        "positions": cat("positions"),
-        "cell": cat("cell"),
-        "batch": np.repeat(np.arange(len(samples), dtype=np.int64), sizes),
-        "edge_index": np.concatenate([s.graph["edge_index"] + o for s, o in zip(samples, offsets)], axis=1),
-        "shifts": cat("shifts"),
-    })
-    inputs = {key: torch.from_numpy(value).to(dtype) if key in ("positions", "cell", "shifts")
-              else torch.from_numpy(value) for key, value in graph.items()}
+    graph = with_slots(
+        {
+            "numbers": cat("numbers"),
+            "positions": cat("positions"),
+            "cell": cat("cell"),
+            "batch": np.repeat(np.arange(len(samples), dtype=np.int64), sizes),
+            "edge_index": np.concatenate([s.graph["edge_index"] + o for s, o in zip(samples, offsets)], axis=1),
+            "shifts": cat("shifts"),
+        }
+    )
+    inputs = {
+        key: torch.from_numpy(value).to(dtype) if key in ("positions", "cell", "shifts") else torch.from_numpy(value)
+        for key, value in graph.items()
+    }
     labels, masks = {}, {}
     for label in PROPERTIES:
         carried = [label in s.labels for s in samples]
         if not any(carried):
             continue
         shape = LABEL_SHAPES[label]
-        parts = [s.labels[label] if c else np.full((() if label in PER_STRUCTURE_OUTPUTS else (n,)) + shape, np.nan)
-                 for s, c, n in zip(samples, carried, sizes)]
+        parts = [
+            s.labels[label] if c else np.full((() if label in PER_STRUCTURE_OUTPUTS else (n,)) + shape, np.nan)
+            for s, c, n in zip(samples, carried, sizes)
+        ]
         stacked = np.stack(parts) if label in PER_STRUCTURE_OUTPUTS else np.concatenate(parts)
         labels[label] = torch.from_numpy(stacked).to(dtype)
         masks[label] = torch.tensor(carried)

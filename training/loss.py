@@ -17,17 +17,32 @@ from mtsim.model import PER_STRUCTURE_OUTPUTS
 from mtsim.training.data import Batch
 from mtsim.units import GPA
 
-DEFAULT_WEIGHTS = {"energy": 1.0, "forces": 10.0, "stress": 0.07, "magmoms": 1.0, "charges": 1.0,
-                   "born_charges": 1.0, "dielectric": 1.0}
+DEFAULT_WEIGHTS = {
+    "energy": 1.0,
+    "forces": 10.0,
+    "stress": 0.07,
+    "magmoms": 1.0,
+    "charges": 1.0,
+    "born_charges": 1.0,
+    "dielectric": 1.0,
+}
 """Table S2 loss weights."""
 
-UNITS = {"energy": "eV/atom", "forces": "eV/Å", "stress": "GPa", "magmoms": "μB", "charges": "e",
-         "born_charges": "e", "dielectric": "1"}
+UNITS = {
+    "energy": "eV/atom",
+    "forces": "eV/Å",
+    "stress": "GPa",
+    "magmoms": "μB",
+    "charges": "e",
+    "born_charges": "e",
+    "dielectric": "1",
+}
 """Units of each loss term (the MAE of that task)."""
 
 
-def absolute_errors(predictions: Mapping[str, Tensor], batch: Batch,
-                    tasks: Iterable[str] = tuple(DEFAULT_WEIGHTS)) -> dict[str, Tensor]:
+def absolute_errors(
+    predictions: Mapping[str, Tensor], batch: Batch, tasks: Iterable[str] = tuple(DEFAULT_WEIGHTS)
+) -> dict[str, Tensor]:
     """|prediction - label| of every labelled component, per task in ``tasks`` (flat tensors, units ``UNITS``);
     only structures that carry a task's label contribute, and tasks that none carries are absent."""
     errors = {}
@@ -46,8 +61,9 @@ def absolute_errors(predictions: Mapping[str, Tensor], batch: Batch,
     return errors
 
 
-def multitask_loss(predictions: Mapping[str, Tensor], batch: Batch,
-                   weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> tuple[Tensor, dict[str, Tensor]]:
+def multitask_loss(
+    predictions: Mapping[str, Tensor], batch: Batch, weights: Mapping[str, float] = DEFAULT_WEIGHTS
+) -> tuple[Tensor, dict[str, Tensor]]:
     """(L, per-task MAEs): the weighted sum over the tasks with a positive weight that ``batch`` carries."""
     errors = absolute_errors(predictions, batch, [task for task, weight in weights.items() if weight > 0])
     if not errors:

@@ -136,9 +136,11 @@ def smooth_cutoff(d: Tensor, cutoff: float) -> Tensor:
 
 def triple_product(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     """a · (b × c) for [..., 3] tensors (the signed cell volume for lattice rows a, b, c)."""
-    return (a[..., 0] * (b[..., 1] * c[..., 2] - b[..., 2] * c[..., 1])
-            + a[..., 1] * (b[..., 2] * c[..., 0] - b[..., 0] * c[..., 2])
-            + a[..., 2] * (b[..., 0] * c[..., 1] - b[..., 1] * c[..., 0]))
+    return (
+        a[..., 0] * (b[..., 1] * c[..., 2] - b[..., 2] * c[..., 1])
+        + a[..., 1] * (b[..., 2] * c[..., 0] - b[..., 0] * c[..., 2])
+        + a[..., 2] * (b[..., 0] * c[..., 1] - b[..., 1] * c[..., 0])
+    )
 
 
 @dataclass
@@ -182,8 +184,9 @@ class Graph:
         return out / norm.view(norm.shape[0], *extra, norm.shape[1], 1)
 
 
-def slot_graph(edge_index: Tensor, shifts: Tensor, receiver_slots: Tensor, sender_slots: Tensor
-               ) -> tuple[Graph, Tensor, Tensor]:
+def slot_graph(
+    edge_index: Tensor, shifts: Tensor, receiver_slots: Tensor, sender_slots: Tensor
+) -> tuple[Graph, Tensor, Tensor]:
     """The receiver-slot ``Graph`` (geometry still unset), each slot's image shift [n,k,3] and whether it is a
     self edge (i, i, 0) [n,k]. The contract's slots (padded with e, the number of edges) get one padding column
     more, so that every atom has a padding slot; padding slots hold the padding edge (atom 0 to itself, shift 0).
@@ -397,8 +400,7 @@ class MTModel(nn.Module):
         self.born_head = Head(config, 3)  # p, q, s of eqs. (11)-(12)
         self.dielectric_head = Head(config, 2)  # p', q' of eq. (9)
         self.register_buffer("reference_energies", torch.zeros(MAX_Z + 1))
-        for name in ("energy_scale", "energy_shift", "magmom_scale", "charge_scale", "born_scale",
-                     "dielectric_scale"):
+        for name in ("energy_scale", "energy_shift", "magmom_scale", "charge_scale", "born_scale", "dielectric_scale"):
             self.register_buffer(name, torch.tensor(0.0 if name == "energy_shift" else 1.0))
 
     @property
@@ -408,9 +410,18 @@ class MTModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, numbers: Tensor, positions: Tensor, cell: Tensor, batch: Tensor, edge_index: Tensor,
-                shifts: Tensor, receiver_slots: Tensor | None = None, sender_slots: Tensor | None = None,
-                compute_forces: bool = True) -> dict[str, Tensor]:
+    def forward(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cell: Tensor,
+        batch: Tensor,
+        edge_index: Tensor,
+        shifts: Tensor,
+        receiver_slots: Tensor | None = None,
+        sender_slots: Tensor | None = None,
+        compute_forces: bool = True,
+    ) -> dict[str, Tensor]:
         """Inputs as in the ONNX contract (Å, rows of ``cell`` are lattice vectors); the slots are computed from
         ``edge_index`` when not given. In training mode the force and stress graphs are kept (``create_graph``)
         so that losses on them can be back-propagated."""
@@ -446,14 +457,13 @@ class MTModel(nn.Module):
         atoms_per_structure = scatter_sum(torch.ones_like(energy_atom), batch, b)
         out = {"energy": energy}
         if compute_forces:
-            grad_pos, grad_strain = torch.autograd.grad(
-                energy.sum(), (positions, strain), create_graph=self.training
-            )
+            grad_pos, grad_strain = torch.autograd.grad(energy.sum(), (positions, strain), create_graph=self.training)
             out["forces"] = -grad_pos
             volume = torch.abs(triple_product(cell[:, 0], cell[:, 1], cell[:, 2]))
             has_volume = volume > 0
-            inv_volume = torch.where(has_volume, 1.0 / torch.where(has_volume, volume, torch.ones_like(volume)),
-                                     torch.zeros_like(volume))
+            inv_volume = torch.where(
+                has_volume, 1.0 / torch.where(has_volume, volume, torch.ones_like(volume)), torch.zeros_like(volume)
+            )
             out["stress"] = grad_strain * inv_volume[:, None, None]
         out["magmoms"] = self.magmom_scale * self.magmom_head(graph, x, e)[:, 0]
         charges = self.charge_scale * self.charge_head(graph, x, e)[:, 0]

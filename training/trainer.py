@@ -34,11 +34,21 @@ from mtsim.training.data import AtomsDataset, Batch, batch_order, collate, split
 from mtsim.training.loss import UNITS, absolute_errors, multitask_loss
 from mtsim.training.model import MAX_Z, PRESETS, ModelConfig, MTModel, build_model
 
-HEADS = {"energy": "energy_head", "magmoms": "magmom_head", "charges": "charge_head",
-         "born_charges": "born_head", "dielectric": "dielectric_head"}
+HEADS = {
+    "energy": "energy_head",
+    "magmoms": "magmom_head",
+    "charges": "charge_head",
+    "born_charges": "born_head",
+    "dielectric": "dielectric_head",
+}
 """Task -> output head of the model (forces and stress are derivatives of the energy head)."""
-HEAD_LABELS = {"energy": ("energy", "forces", "stress"), "magmoms": ("magmoms",), "charges": ("charges",),
-               "born_charges": ("born_charges",), "dielectric": ("dielectric",)}
+HEAD_LABELS = {
+    "energy": ("energy", "forces", "stress"),
+    "magmoms": ("magmoms",),
+    "charges": ("charges",),
+    "born_charges": ("born_charges",),
+    "dielectric": ("dielectric",),
+}
 """Head -> the labels that train it."""
 
 Log = Callable[[str], None]
@@ -72,11 +82,16 @@ def fit_normalisation(model: MTModel, dataset: AtomsDataset, heads: Sequence[str
             model.reference_energies.copy_(torch.from_numpy(references))
             model.energy_shift.fill_(float(residual.mean()))
             fitted.update(energy_shift=float(residual.mean()), energy_scale=_set_scale(model.energy_scale, scale))
-        for task, buffer in (("magmoms", "magmom_scale"), ("charges", "charge_scale"),
-                             ("born_charges", "born_scale"), ("dielectric", "dielectric_scale")):
+        for task, buffer in (
+            ("magmoms", "magmom_scale"),
+            ("charges", "charge_scale"),
+            ("born_charges", "born_scale"),
+            ("dielectric", "dielectric_scale"),
+        ):
             if task in heads and labelled(task):
-                values = np.concatenate([np.ravel(s.labels[task] - (np.eye(3) if task == "dielectric" else 0.0))
-                                         for s in labelled(task)])
+                values = np.concatenate(
+                    [np.ravel(s.labels[task] - (np.eye(3) if task == "dielectric" else 0.0)) for s in labelled(task)]
+                )
                 fitted[buffer] = _set_scale(getattr(model, buffer), _rms(values))
     return fitted
 
@@ -112,8 +127,10 @@ def prepare_model(config: TrainConfig, train_set: AtomsDataset) -> MTModel:
         fresh_heads = tuple(HEADS)
     else:
         model = load_checkpoint(tuning.checkpoint).to(dtype)
-        model.metadata["finetuned_from"] = {"file": os.path.basename(tuning.checkpoint),
-                                            "sha256": file_sha256(tuning.checkpoint)}
+        model.metadata["finetuned_from"] = {
+            "file": os.path.basename(tuning.checkpoint),
+            "sha256": file_sha256(tuning.checkpoint),
+        }
         reinitialise_heads(model, tuning.reinit_heads, config.seed)
         fresh_heads = tuple(tuning.reinit_heads)
     if config.normalise:
@@ -128,16 +145,23 @@ def record_provenance(model: MTModel, config: TrainConfig, train_set: AtomsDatas
     (description + sha256 of every file) and ``untrained_heads``: heads that no label with a positive loss
     weight trains in this run and that were untrained (or re-initialised) before it."""
     counts, weights = train_set.label_counts(), vars(config.loss)
-    trained = {head for head, labels in HEAD_LABELS.items()
-               if any(counts.get(label, 0) > 0 and weights[label] > 0 for label in labels)}
+    trained = {
+        head
+        for head, labels in HEAD_LABELS.items()
+        if any(counts.get(label, 0) > 0 and weights[label] > 0 for label in labels)
+    }
     before = set(HEADS) if config.finetune.checkpoint is None else set(model.metadata.get("untrained_heads", []))
     model.metadata["untrained_heads"] = sorted((before | set(fresh_heads)) - trained)
     if config.model_name is not None:
         model.metadata["model_name"] = config.model_name
     files = [{"file": os.path.basename(path), "sha256": file_sha256(path)} for path in dict.fromkeys(config.data.train)]
     base = model.metadata.get("training_data") if config.finetune.checkpoint is not None else None
-    model.metadata["training_data"] = {"description": config.training_data or "not described",
-                                       "files": files, "labels": counts, **({"base": base} if base else {})}
+    model.metadata["training_data"] = {
+        "description": config.training_data or "not described",
+        "files": files,
+        "labels": counts,
+        **({"base": base} if base else {}),
+    }
 
 
 def model_cutoff(config: TrainConfig) -> float:
@@ -160,8 +184,10 @@ def build_optimizer(model: MTModel, config: TrainConfig) -> torch.optim.AdamW:
     (``requires_grad`` off, left out of the optimizer), so its weights stay bitwise unchanged."""
     opt = config.optimizer
     head_ids = {id(p) for name in HEADS.values() for p in getattr(model, name).parameters()}
-    rates = {"head": opt.lr if opt.head_lr is None else opt.head_lr,
-             "backbone": opt.lr if opt.backbone_lr is None else opt.backbone_lr}
+    rates = {
+        "head": opt.lr if opt.head_lr is None else opt.head_lr,
+        "backbone": opt.lr if opt.backbone_lr is None else opt.backbone_lr,
+    }
     groups = []
     for group, lr in rates.items():
         params = [p for p in model.parameters() if (id(p) in head_ids) == (group == "head")]
@@ -179,8 +205,14 @@ class Trainer:
     the whole job (data, ensembles, resume).
     """
 
-    def __init__(self, config: TrainConfig, model: MTModel, train_set: AtomsDataset,
-                 val_set: AtomsDataset | None = None, log: Log | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: MTModel,
+        train_set: AtomsDataset,
+        val_set: AtomsDataset | None = None,
+        log: Log | None = None,
+    ):
         if not len(train_set):
             raise ValueError("the training set is empty")
         self.config, self.train_set, self.val_set = config, train_set, val_set
@@ -197,7 +229,8 @@ class Trainer:
         warmup = round(config.schedule.warmup_epochs * self.steps_per_epoch)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, warmup, self.total_steps))
+            self.optimizer, lambda step: lr_factor(step, warmup, self.total_steps)
+        )
         self.step = 0  # optimizer updates so far
         self.epoch = 0  # epochs completed
         self.best = math.inf  # lowest validation loss
@@ -252,7 +285,7 @@ class Trainer:
         counts: dict[str, int] = {}
         size = self.config.data.batch_size
         for start in range(0, len(dataset), size):
-            batch = collate(dataset.samples[start:start + size], self.ema.dtype).to(self.device)
+            batch = collate(dataset.samples[start : start + size], self.ema.dtype).to(self.device)
             predictions = {k: v.detach() for k, v in self.ema(**batch.inputs).items()}
             for task, errors in absolute_errors(predictions, batch, self.weights).items():
                 sums[task] = sums.get(task, 0.0) + float(errors.sum())
@@ -270,12 +303,13 @@ class Trainer:
             order = batch_order(len(self.train_set), self.config.seed, self.epoch)
             done_in_epoch = self.step - self.epoch * self.steps_per_epoch
             for first in range(done_in_epoch * size, len(order), size):
-                if ((max_steps is not None and self.step - start_step >= max_steps)
-                        or (max_seconds is not None and time.monotonic() - start_time >= max_seconds)):
+                if (max_steps is not None and self.step - start_step >= max_steps) or (
+                    max_seconds is not None and time.monotonic() - start_time >= max_seconds
+                ):
                     self.save(self.last_path)
                     self.log(f"paused at step {self.step}/{self.total_steps}; resume to continue")
                     return "paused"
-                samples = [self.train_set[i] for i in order[first:first + size]]
+                samples = [self.train_set[i] for i in order[first : first + size]]
                 for task, value in self.train_step(collate(samples, self.model.dtype)).items():
                     total = self.running.setdefault(task, [0.0, 0])
                     total[0], total[1] = total[0] + value, total[1] + 1
@@ -283,8 +317,10 @@ class Trainer:
                     self.save(self.last_path)
                     rate = (self.step - start_step) / max(time.monotonic() - start_time, 1e-9)
                     loss = self.running["loss"][0] / self.running["loss"][1]
-                    self.log(f"step {self.step}/{self.total_steps}  {rate:.2f} steps/s  train loss {loss:.4g} "
-                             "(this epoch so far)  last.pt written")
+                    self.log(
+                        f"step {self.step}/{self.total_steps}  {rate:.2f} steps/s  train loss {loss:.4g} "
+                        "(this epoch so far)  last.pt written"
+                    )
             self.end_epoch()
         return "stopped early" if self.stopped else "finished"
 
@@ -302,9 +338,14 @@ class Trainer:
             self.bad_epochs += 1
             patience = self.config.schedule.patience
             self.stopped = patience is not None and self.bad_epochs >= patience
-        record = {"epoch": self.epoch, "step": self.step,
-                  "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups},
-                  "train": train_metrics, "val": val_metrics, "best": improved}
+        record = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups},
+            "train": train_metrics,
+            "val": val_metrics,
+            "best": improved,
+        }
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as handle:
             handle.write(json.dumps(record) + "\n")
         self.log(self.progress_line(record))
@@ -317,8 +358,10 @@ class Trainer:
             tasks = " ".join(f"{t} {metrics[t]:.4g}" for t in UNITS if t in metrics)
             return f"loss {metrics['loss']:.4g} ({tasks})"
 
-        line = (f"epoch {record['epoch']}/{self.config.schedule.epochs}  step {record['step']}  "
-                f"lr {max(record['lr'].values()):.3g}  train {losses(record['train'])}")
+        line = (
+            f"epoch {record['epoch']}/{self.config.schedule.epochs}  step {record['step']}  "
+            f"lr {max(record['lr'].values()):.3g}  train {losses(record['train'])}"
+        )
         if record["val"] is not None:
             line += f"  val {losses(record['val'])}" + ("  *" if record["best"] else "")
         return line
@@ -330,18 +373,27 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "steps_per_epoch": self.steps_per_epoch, "step": self.step, "epoch": self.epoch, "best": self.best,
-            "bad_epochs": self.bad_epochs, "stopped": self.stopped, "running": self.running,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "steps_per_epoch": self.steps_per_epoch,
+            "step": self.step,
+            "epoch": self.epoch,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "stopped": self.stopped,
+            "running": self.running,
         }
 
     def load_state_dict(self, payload: dict) -> None:
         """Restore from a checkpoint dict written by ``save`` (EMA weights + ``"training"`` state)."""
         state = payload["training"]
         if state["steps_per_epoch"] != self.steps_per_epoch:
-            raise ValueError(f"the run was saved with {state['steps_per_epoch']} steps per epoch, this config and "
-                             f"data give {self.steps_per_epoch}: the data or the batch size changed")
+            raise ValueError(
+                f"the run was saved with {state['steps_per_epoch']} steps per epoch, this config and "
+                f"data give {self.steps_per_epoch}: the data or the batch size changed"
+            )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -354,16 +406,28 @@ class Trainer:
 
     def save(self, path: str) -> None:
         """An mtsim checkpoint of the EMA weights, with the training state under ``"training"``."""
-        metadata = {**self.model.metadata, "training": {
-            "config": self.config.to_dict(), "epoch": self.epoch, "step": self.step,
-            "best_val_loss": self.best if math.isfinite(self.best) else None,
-            "labels": self.train_set.label_counts()}}
+        metadata = {
+            **self.model.metadata,
+            "training": {
+                "config": self.config.to_dict(),
+                "epoch": self.epoch,
+                "step": self.step,
+                "best_val_loss": self.best if math.isfinite(self.best) else None,
+                "labels": self.train_set.label_counts(),
+            },
+        }
         self.ema.metadata = metadata
         save_checkpoint(self.ema, path, metadata, training=self.state_dict())
 
     @classmethod
-    def resume(cls, path: str, config: TrainConfig, train_set: AtomsDataset, val_set: AtomsDataset | None = None,
-               log: Log | None = None) -> Trainer:
+    def resume(
+        cls,
+        path: str,
+        config: TrainConfig,
+        train_set: AtomsDataset,
+        val_set: AtomsDataset | None = None,
+        log: Log | None = None,
+    ) -> Trainer:
         """Continue the run saved at ``path`` (``last.pt``) with ``config`` and the same data."""
         payload = read_checkpoint(path)
         if "training" not in payload:
@@ -401,8 +465,13 @@ def load_datasets(config: TrainConfig, log: Log | None = None) -> tuple[AtomsDat
     return train_set, val_set
 
 
-def train(config: TrainConfig, resume: bool = False, max_steps: int | None = None,
-          max_seconds: float | None = None, log: Log | None = None) -> list[str]:
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    max_steps: int | None = None,
+    max_seconds: float | None = None,
+    log: Log | None = None,
+) -> list[str]:
     """Run the training described by ``config`` (each ensemble member in turn) and return the ``best.pt`` path
     of every member. ``resume`` continues from the ``last.pt`` files in the run directory; without it an
     existing run there is an error. ``max_steps``/``max_seconds`` pause each member (see ``Trainer.fit``)."""
@@ -410,12 +479,14 @@ def train(config: TrainConfig, resume: bool = False, max_steps: int | None = Non
     train_set, val_set = load_datasets(config, log)
     paths = []
     for member in range(config.ensemble):
-        member_config = config if config.ensemble == 1 else replace(
-            config, seed=config.seed + member, run_dir=os.path.join(config.run_dir, f"member_{member}"))
+        member_config = (
+            config
+            if config.ensemble == 1
+            else replace(config, seed=config.seed + member, run_dir=os.path.join(config.run_dir, f"member_{member}"))
+        )
         last = os.path.join(member_config.run_dir, "last.pt")
         if os.path.exists(last) and not resume:
-            raise FileExistsError(f"{member_config.run_dir} already holds a run; resume it or choose another "
-                                  "run_dir")
+            raise FileExistsError(f"{member_config.run_dir} already holds a run; resume it or choose another run_dir")
         if config.ensemble > 1:
             log(f"ensemble member {member + 1}/{config.ensemble} (seed {member_config.seed})")
         if os.path.exists(last):
@@ -445,13 +516,14 @@ def ensemble_uncertainty(models: Sequence[MTModel], structures: Sequence, batch_
     forces = [[] for _ in structures]
     for model in models:
         for start in range(0, len(structures), batch_size):
-            for k, prediction in enumerate(model.predict(structures[start:start + batch_size])):
+            for k, prediction in enumerate(model.predict(structures[start : start + batch_size])):
                 forces[start + k].append(prediction["forces"])
     return np.array([force_spread(np.stack(f)) for f in forces])
 
 
-def rank_by_uncertainty(models: Sequence[MTModel], structures: Sequence, threshold: float | None = None,
-                        max_count: int | None = None) -> tuple[list[int], np.ndarray]:
+def rank_by_uncertainty(
+    models: Sequence[MTModel], structures: Sequence, threshold: float | None = None, max_count: int | None = None
+) -> tuple[list[int], np.ndarray]:
     """Active learning: indices of the structures to label next, most uncertain first (eq. 22 scores above
     ``threshold``, at most ``max_count``), and the scores of all structures."""
     scores = ensemble_uncertainty(models, structures)

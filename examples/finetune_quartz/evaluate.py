@@ -21,15 +21,19 @@ def errors(model: mtsim.Model, frames) -> dict[str, float]:
     n = np.array([len(a) for a in frames])
     e_ref = np.array([a.info["energy"] for a in frames]) / n
     e_out = np.array([p.energy for p in predictions]) / n
+
     def mae(pairs):
         return float(np.mean(np.concatenate([np.abs(np.ravel(a) - np.ravel(b)) for a, b in pairs])))
+
     return {
         "rel. energy (meV/atom)": 1e3 * float(np.mean(np.abs((e_out - e_out.mean()) - (e_ref - e_ref.mean())))),
         "forces (eV/Å)": mae((p.forces, a.arrays["forces"]) for p, a in zip(predictions, frames)),
-        "stress (GPa)": mae((p.stress / GPA, np.reshape(a.info["stress"], (3, 3)) / GPA)
-                            for p, a in zip(predictions, frames)),
-        "Z* (e)": mae((p.born_charges, np.reshape(a.arrays["born_charges"], (-1, 3, 3)))
-                      for p, a in zip(predictions, frames)),
+        "stress (GPa)": mae(
+            (p.stress / GPA, np.reshape(a.info["stress"], (3, 3)) / GPA) for p, a in zip(predictions, frames)
+        ),
+        "Z* (e)": mae(
+            (p.born_charges, np.reshape(a.arrays["born_charges"], (-1, 3, 3))) for p, a in zip(predictions, frames)
+        ),
         "eps_inf": mae((p.dielectric, np.reshape(a.info["dielectric"], (3, 3))) for p, a in zip(predictions, frames)),
     }
 

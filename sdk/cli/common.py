@@ -8,12 +8,18 @@ import click
 
 def model_options(function):
     """--model, --device, --precision (passed as ``model_path``, ``device``, ``precision``)."""
-    function = click.option("--precision", type=click.Choice(["float32", "float64"]), default=None,
-                            help="Pick the float32 or float64 file of a model stem.")(function)
-    function = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                            show_default=True)(function)
-    return click.option("--model", "model_path", default=None,
-                        help="ONNX model file (default: the bundled model).")(function)
+    function = click.option(
+        "--precision",
+        type=click.Choice(["float32", "float64"]),
+        default=None,
+        help="Pick the float32 or float64 file of a model stem.",
+    )(function)
+    function = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(
+        function
+    )
+    return click.option("--model", "model_path", default=None, help="ONNX model file (default: the bundled model).")(
+        function
+    )
 
 
 def load_model(model, device, precision=None):

@@ -54,11 +54,15 @@ def summary(label, atoms, p, skip=()) -> str:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @model_options
 @click.option("--format", "fmt", type=click.Choice(["json", "extxyz"]), default="extxyz", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Write all outputs of every structure here.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write all outputs of every structure here."
+)
 @click.option("--allow-overlap", is_flag=True, help="Do not reject atoms closer than 0.1 Å.")
-@click.option("--include-untrained", is_flag=True,
-              help="Also report outputs whose head the model marks untrained (they are not predictions).")
+@click.option(
+    "--include-untrained",
+    is_flag=True,
+    help="Also report outputs whose head the model marks untrained (they are not predictions).",
+)
 def predict(files, model_path, device, precision, fmt, output, allow_overlap, include_untrained):
     """Predict energy, forces, stress, magmoms, charges, Born charges and eps_inf for FILES (any ASE format).
 
@@ -91,9 +95,10 @@ def predict(files, model_path, device, precision, fmt, output, allow_overlap, in
     for label, reason in failures:
         click.echo(f"failed: {label}: {reason}", err=True)
     if failures:
-        raise click.ClickException(f"{len(failures)} structure(s) failed (listed above); "
-                                   f"{len(results)} succeeded" + (f" and were written to {output}" if output and
-                                                                  results else ""))
+        raise click.ClickException(
+            f"{len(failures)} structure(s) failed (listed above); "
+            f"{len(results)} succeeded" + (f" and were written to {output}" if output and results else "")
+        )
 
 
 def write_predictions(path, fmt, results, skip=()) -> None:
@@ -101,9 +106,14 @@ def write_predictions(path, fmt, results, skip=()) -> None:
     structure with per-atom outputs as arrays and per-structure outputs in the info line. Outputs in ``skip`` are
     left out."""
     if fmt == "json":
-        records = [{"label": label, "formula": atoms.get_chemical_formula(),
-                    **{k: np.asarray(v).tolist() for k, v in p.as_dict().items() if k not in skip}}
-                   for label, atoms, p in results]
+        records = [
+            {
+                "label": label,
+                "formula": atoms.get_chemical_formula(),
+                **{k: np.asarray(v).tolist() for k, v in p.as_dict().items() if k not in skip},
+            }
+            for label, atoms, p in results
+        ]
         with open(path, "w") as handle:
             json.dump(records, handle, indent=1)
         return
@@ -113,10 +123,12 @@ def write_predictions(path, fmt, results, skip=()) -> None:
     for _, atoms, p in results:
         atoms = atoms.copy()
         atoms.calc = None
-        per_structure = dict(energy=p.energy, stress=np.asarray(p.stress).reshape(9),
-                             dielectric=np.asarray(p.dielectric).reshape(9))
-        per_atom = dict(forces=p.forces, magmoms=p.magmoms, charges=p.charges,
-                        born_charges=p.born_charges.reshape(len(atoms), 9))
+        per_structure = dict(
+            energy=p.energy, stress=np.asarray(p.stress).reshape(9), dielectric=np.asarray(p.dielectric).reshape(9)
+        )
+        per_atom = dict(
+            forces=p.forces, magmoms=p.magmoms, charges=p.charges, born_charges=p.born_charges.reshape(len(atoms), 9)
+        )
         atoms.info.update({k: v for k, v in per_structure.items() if k not in skip})
         atoms.arrays.update({k: v for k, v in per_atom.items() if k not in skip})
         frames.append(atoms)

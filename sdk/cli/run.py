@@ -27,8 +27,10 @@ def parse_options(pairs) -> dict:
 
 
 def option_help() -> str:
-    return "; ".join(f"{name}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in task.defaults.items())
-                     for name, task in TASKS.items())
+    return "; ".join(
+        f"{name}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in task.defaults.items())
+        for name, task in TASKS.items()
+    )
 
 
 @click.command("run", epilog="Task options and defaults: " + option_help())
@@ -43,13 +45,32 @@ def option_help() -> str:
 @click.option("--precision", type=click.Choice(["float32", "float64"]), default=None)
 @click.option("-O", "--option", "pairs", multiple=True, metavar="NAME=VALUE", help="A task option (JSON value).")
 @click.option("--retry-failed", is_flag=True, help="Run again the structures recorded as failed.")
-@click.option("--files", type=click.Path(file_okay=False), default=None,
-              help="Folder for per-structure files (phonon; default: <db name>_files beside the database).")
+@click.option(
+    "--files",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for per-structure files (phonon; default: <db name>_files beside the database).",
+)
 @click.option("--batch-atoms", type=int, default=None, help="Atoms per Dask task (default: the task's own).")
 @click.option("--select", default=None, help="ASE selection of the rows of database inputs (e.g. status=done).")
 @click.option("--quiet", is_flag=True, help="No live progress on stderr.")
-def run(task, inputs, db, workers, scheduler, threads, model_path, device, precision, pairs, retry_failed, files,
-        batch_atoms, select, quiet):
+def run(
+    task,
+    inputs,
+    db,
+    workers,
+    scheduler,
+    threads,
+    model_path,
+    device,
+    precision,
+    pairs,
+    retry_failed,
+    files,
+    batch_atoms,
+    select,
+    quiet,
+):
     """Run TASK (predict, relax, phonon, md, label) on every structure in INPUTS (files, globs, folders, ASE databases);
     rerunning skips the structures already done."""
     from mtsim.workflows import Interrupted
@@ -58,10 +79,23 @@ def run(task, inputs, db, workers, scheduler, threads, model_path, device, preci
     if workers is not None and scheduler is not None:
         raise click.UsageError("give --workers (a local cluster) or --scheduler, not both")
     try:
-        summary = run_workflow(task, list(inputs), db, workers=workers, scheduler=scheduler, model=model_path,
-                               device=device, precision=precision, threads=threads, options=parse_options(pairs),
-                               retry_failed=retry_failed, files=files, batch_atoms=batch_atoms, select=select,
-                               progress=not quiet)
+        summary = run_workflow(
+            task,
+            list(inputs),
+            db,
+            workers=workers,
+            scheduler=scheduler,
+            model=model_path,
+            device=device,
+            precision=precision,
+            threads=threads,
+            options=parse_options(pairs),
+            retry_failed=retry_failed,
+            files=files,
+            batch_atoms=batch_atoms,
+            select=select,
+            progress=not quiet,
+        )
     except Interrupted as stop:
         click.echo(stop.summary.table())
         raise click.exceptions.Exit(130) from None

@@ -36,7 +36,6 @@ def exprel(x):
     return np.where(x == 0, 1.0, np.expm1(safe) / safe)
 
 
-
 class NVE:
     """Velocity Verlet; ``timestep`` in fs."""
 
@@ -161,8 +160,9 @@ class _Chain:
         self.xi, self.p_xi = xi, p_xi
 
     def energy(self) -> float:
-        return float(np.sum(0.5 * self.p_xi**2 / self.Q) + self.dof * self.kT * self.xi[0]
-                     + self.kT * np.sum(self.xi[1:]))
+        return float(
+            np.sum(0.5 * self.p_xi**2 / self.Q) + self.dof * self.kT * self.xi[0] + self.kT * np.sum(self.xi[1:])
+        )
 
     def _force(self, k, twice_kinetic):
         if k == 0:
@@ -236,8 +236,17 @@ class NPT(NVE):
 
     name = "npt"
 
-    def __init__(self, timestep: float, temperature: float, pressure: float = 0.0, mode: str = "isotropic",
-                 tdamp: float = 100.0, pdamp: float = 1000.0, chain: int = 3, loops: int = 1):
+    def __init__(
+        self,
+        timestep: float,
+        temperature: float,
+        pressure: float = 0.0,
+        mode: str = "isotropic",
+        tdamp: float = 100.0,
+        pdamp: float = 1000.0,
+        chain: int = 3,
+        loops: int = 1,
+    ):
         super().__init__(timestep)
         if mode not in ("isotropic", "full"):
             raise ValueError(f"mode must be 'isotropic' or 'full', got {mode!r}")
@@ -250,8 +259,9 @@ class NPT(NVE):
         if not state.pbc.all():
             raise ValueError("NPT needs a cell that is periodic in all three directions")
         self.chain = _Chain(state.dof, self.temperature, self.tdamp, self.chain_length, self.loops)
-        self.cell_chain = _Chain(1 if self.mode == "isotropic" else 6, self.temperature, self.pdamp,
-                                 self.chain_length, self.loops)
+        self.cell_chain = _Chain(
+            1 if self.mode == "isotropic" else 6, self.temperature, self.pdamp, self.chain_length, self.loops
+        )
         self.W = (state.dof + 3) / 3 * self.kT * (self.pdamp * FS) ** 2  # barostat mass, eV·t²
         self.p_g = np.zeros((3, 3))  # cell momentum (symmetric)
 
@@ -259,8 +269,12 @@ class NPT(NVE):
         self.chain.set_dof(state.dof)
 
     def get_state(self):
-        return {"chain": self.chain.get_state(), "cell_chain": self.cell_chain.get_state(), "W": self.W,
-                "p_g": self.p_g.tolist()}
+        return {
+            "chain": self.chain.get_state(),
+            "cell_chain": self.cell_chain.get_state(),
+            "W": self.W,
+            "p_g": self.p_g.tolist(),
+        }
 
     def set_state(self, saved):
         self.chain.set_state(saved["chain"])
@@ -268,8 +282,12 @@ class NPT(NVE):
         self.W, self.p_g = float(saved["W"]), np.array(saved["p_g"], dtype=float).reshape(3, 3)
 
     def extra_energy(self, state):
-        return (self.chain.energy() + self.cell_chain.energy() + float(np.sum(self.p_g**2)) / (2 * self.W)
-                + self.p_ext * state.volume)
+        return (
+            self.chain.energy()
+            + self.cell_chain.energy()
+            + float(np.sum(self.p_g**2)) / (2 * self.W)
+            + self.p_ext * state.volume
+        )
 
     def _cell_force(self, state):
         twice_kinetic = 2 * state.kinetic_energy
@@ -309,9 +327,17 @@ class NPT(NVE):
         return state
 
 
-def make_integrator(ensemble: str, timestep: float, temperature: float = 300.0, pressure: float = 0.0,
-                    seed=None, friction: float = 0.01, tdamp: float = 100.0, pdamp: float = 1000.0,
-                    barostat: str = "isotropic"):
+def make_integrator(
+    ensemble: str,
+    timestep: float,
+    temperature: float = 300.0,
+    pressure: float = 0.0,
+    seed=None,
+    friction: float = 0.01,
+    tdamp: float = 100.0,
+    pdamp: float = 1000.0,
+    barostat: str = "isotropic",
+):
     """The integrator for ``ensemble`` in :data:`ENSEMBLES` (times in fs, K, GPa, friction in 1/fs)."""
     if ensemble == "nve":
         return NVE(timestep)
@@ -322,4 +348,3 @@ def make_integrator(ensemble: str, timestep: float, temperature: float = 300.0, 
     if ensemble == "npt":
         return NPT(timestep, temperature, pressure, mode=barostat, tdamp=tdamp, pdamp=pdamp)
     raise ValueError(f"unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
-

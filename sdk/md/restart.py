@@ -32,8 +32,14 @@ def write_restart(path: str | os.PathLike, state: MDState, meta: dict) -> None:
     """Write ``state`` and ``meta`` (JSON-able) to ``path`` atomically: a temporary file beside it, then
     ``os.replace``, so an interrupted write leaves the previous restart file intact."""
     path = Path(path)
-    meta = {"format": FORMAT, "version": VERSION, "step": int(state.step), "time": float(state.time),
-            "field_work": float(state.field_work), **meta}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "step": int(state.step),
+        "time": float(state.time),
+        "field_work": float(state.field_work),
+        **meta,
+    }
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as handle:
@@ -56,10 +62,11 @@ def read_restart(path: str | os.PathLike) -> tuple[MDState, dict]:
     except Exception as err:
         raise RestartError(f"{path} is not an mtsim MD restart file ({type(err).__name__}: {err})") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise RestartError(f"{path} is not an mtsim MD restart file of version {VERSION} "
-                           f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
-    state = MDState(time=float(meta["time"]), step=int(meta["step"]), field_work=float(meta["field_work"]),
-                    **arrays)
+        raise RestartError(
+            f"{path} is not an mtsim MD restart file of version {VERSION} "
+            f"(format {meta.get('format')!r}, version {meta.get('version')!r})"
+        )
+    state = MDState(time=float(meta["time"]), step=int(meta["step"]), field_work=float(meta["field_work"]), **arrays)
     return state, meta
 
 

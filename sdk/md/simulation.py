@@ -41,9 +41,23 @@ class Simulation:
     since the start (default :data:`MAX_DRIFT`); ``math.inf`` switches a check off.
     """
 
-    def __init__(self, model, structure, integrator, *, temperature: float | None = None, seed=None,
-                 momenta=None, masses=None, field=None, skin: float = DEFAULT_SKIN, max_force: float = MAX_FORCE,
-                 restart=None, max_temperature: float | None = None, max_drift: float = MAX_DRIFT):
+    def __init__(
+        self,
+        model,
+        structure,
+        integrator,
+        *,
+        temperature: float | None = None,
+        seed=None,
+        momenta=None,
+        masses=None,
+        field=None,
+        skin: float = DEFAULT_SKIN,
+        max_force: float = MAX_FORCE,
+        restart=None,
+        max_temperature: float | None = None,
+        max_drift: float = MAX_DRIFT,
+    ):
         from mtsim.md.restart import RestartError, read_restart
 
         saved = None
@@ -58,8 +72,10 @@ class Simulation:
         self.integrator = integrator
         self.potential = ModelPotential(model, skin=skin, field=field, max_force=max_force)
         if self.potential.field is not None and isinstance(integrator, NPT):
-            raise ValueError("NPT in an electric field is not supported (the field's stress is not modelled); "
-                             "use nve, nvt-langevin or nvt-nh")
+            raise ValueError(
+                "NPT in an electric field is not supported (the field's stress is not modelled); "
+                "use nve, nvt-langevin or nvt-nh"
+            )
         self.potential.start_field(self.state)
         if saved is not None:
             self.potential.tracker.dipole = self.state.dipole.copy()
@@ -102,12 +118,16 @@ class Simulation:
         speeds = np.linalg.norm(state.momenta, axis=1) / state.masses
         fastest = f"fastest {self.potential._label(state, int(np.argmax(speeds)))}"
         if not abs(drift) <= self.max_drift:
-            raise MDError(f"step {state.step}: the conserved energy has drifted by {drift:.4g} eV/atom since the "
-                          f"start (max_drift {self.max_drift:g} eV/atom; T = {temperature:.4g} K, {fastest}); the "
-                          f"integration has broken down: use a smaller time step ({self.integrator.timestep:g} fs)")
-        raise MDError(f"step {state.step}: the temperature {temperature:.4g} K is above max_temperature "
-                      f"{self.max_temperature:.4g} K ({fastest}); the dynamics has exploded: use a smaller time "
-                      f"step ({self.integrator.timestep:g} fs) or raise max_temperature")
+            raise MDError(
+                f"step {state.step}: the conserved energy has drifted by {drift:.4g} eV/atom since the "
+                f"start (max_drift {self.max_drift:g} eV/atom; T = {temperature:.4g} K, {fastest}); the "
+                f"integration has broken down: use a smaller time step ({self.integrator.timestep:g} fs)"
+            )
+        raise MDError(
+            f"step {state.step}: the temperature {temperature:.4g} K is above max_temperature "
+            f"{self.max_temperature:.4g} K ({fastest}); the dynamics has exploded: use a smaller time "
+            f"step ({self.integrator.timestep:g} fs) or raise max_temperature"
+        )
 
     def save_restart(self, path, hooks: Iterable[Hook] = (), log=None, trajectory=None) -> None:
         """Write a restart file (:mod:`mtsim.md.restart`) with the state of the ``hooks`` that have one
@@ -118,15 +138,31 @@ class Simulation:
             handle = getattr(writer, "handle", None)
             return handle.tell() if handle is not None else None
 
-        meta = {"ensemble": self.integrator.name, "integrator": self.integrator.get_state(), "offset": self.offset,
-                "start_temperature": self.start_temperature, "reference_conserved": self.reference_conserved,
-                "hooks": [hook.get_state() for hook in hooks if hasattr(hook, "get_state")],
-                "log_bytes": size(log), "trajectory_bytes": size(trajectory)}
+        meta = {
+            "ensemble": self.integrator.name,
+            "integrator": self.integrator.get_state(),
+            "offset": self.offset,
+            "start_temperature": self.start_temperature,
+            "reference_conserved": self.reference_conserved,
+            "hooks": [hook.get_state() for hook in hooks if hasattr(hook, "get_state")],
+            "log_bytes": size(log),
+            "trajectory_bytes": size(trajectory),
+        }
         write_restart(path, self.state, meta)
 
-    def run(self, steps: int, *, log=None, trajectory=None, interval: int = 10,
-            hooks: Iterable[Hook] = (), trajectory_interval: int | None = None, overwrite: bool = False,
-            restart_file=None, restart_interval: int = 0) -> MDState:
+    def run(
+        self,
+        steps: int,
+        *,
+        log=None,
+        trajectory=None,
+        interval: int = 10,
+        hooks: Iterable[Hook] = (),
+        trajectory_interval: int | None = None,
+        overwrite: bool = False,
+        restart_file=None,
+        restart_interval: int = 0,
+    ) -> MDState:
         """Advance ``steps`` steps. ``log``: CSV path or :class:`mtsim.trajectory.CSVLog`; ``trajectory``: extxyz
         path or :class:`mtsim.trajectory.TrajectoryWriter`; both written at the start and every ``interval`` steps
         (``trajectory_interval`` overrides for the trajectory); existing files are replaced only with ``overwrite``
@@ -147,8 +183,10 @@ class Simulation:
         if resume is not None:
             stateful = [hook for hook in hooks if hasattr(hook, "set_state")]
             if len(stateful) != len(resume["hooks"]):
-                raise RestartError(f"the restart file holds the state of {len(resume['hooks'])} event hook(s), "
-                                   f"this run has {len(stateful)}")
+                raise RestartError(
+                    f"the restart file holds the state of {len(resume['hooks'])} event hook(s), "
+                    f"this run has {len(stateful)}"
+                )
             for hook, saved in zip(stateful, resume["hooks"]):
                 hook.set_state(saved)
             cut_back(log, resume["log_bytes"])
@@ -213,8 +251,15 @@ class RemoveAtoms:
 
     RULES = ("random", "first", "last", "max-charge", "min-charge", "max-z")
 
-    def __init__(self, element: str | int, every: float, rule="random", seed=None, start: float | None = None,
-                 limit: int | None = None):
+    def __init__(
+        self,
+        element: str | int,
+        every: float,
+        rule="random",
+        seed=None,
+        start: float | None = None,
+        limit: int | None = None,
+    ):
         from ase.data import atomic_numbers, chemical_symbols
 
         self.number = int(element) if not isinstance(element, str) else atomic_numbers[element]
@@ -230,8 +275,11 @@ class RemoveAtoms:
 
     def get_state(self) -> dict:
         """What a restart file keeps: the random generator, the next removal time (fs) and the removals so far."""
-        return {"rng": self.rng.bit_generator.state, "next_time": self.next_time,
-                "removed": [list(event) for event in self.removed]}
+        return {
+            "rng": self.rng.bit_generator.state,
+            "next_time": self.next_time,
+            "removed": [list(event) for event in self.removed],
+        }
 
     def set_state(self, saved: dict) -> None:
         self.rng.bit_generator.state = saved["rng"]
@@ -268,13 +316,36 @@ class RemoveAtoms:
         self.removed.append((state.time, self.symbol, index))
 
 
-def run(model, structure=None, ensemble: str = "nve", timestep: float = 1.0, steps: int = 1000,
-        temperature: float = 300.0, pressure: float = 0.0, *, field=None, seed=None, momenta=None,
-        initial_temperature: float | None = None, friction: float = 0.01, tdamp: float = 100.0,
-        pdamp: float = 1000.0, barostat: str = "isotropic", log=None, trajectory=None, interval: int = 10,
-        hooks: Iterable[Hook] = (), skin: float = DEFAULT_SKIN, max_force: float = MAX_FORCE, overwrite: bool = False,
-        restart=None, restart_file=None, restart_interval: int = 0, max_temperature: float | None = None,
-        max_drift: float = MAX_DRIFT) -> Simulation:
+def run(
+    model,
+    structure=None,
+    ensemble: str = "nve",
+    timestep: float = 1.0,
+    steps: int = 1000,
+    temperature: float = 300.0,
+    pressure: float = 0.0,
+    *,
+    field=None,
+    seed=None,
+    momenta=None,
+    initial_temperature: float | None = None,
+    friction: float = 0.01,
+    tdamp: float = 100.0,
+    pdamp: float = 1000.0,
+    barostat: str = "isotropic",
+    log=None,
+    trajectory=None,
+    interval: int = 10,
+    hooks: Iterable[Hook] = (),
+    skin: float = DEFAULT_SKIN,
+    max_force: float = MAX_FORCE,
+    overwrite: bool = False,
+    restart=None,
+    restart_file=None,
+    restart_interval: int = 0,
+    max_temperature: float | None = None,
+    max_drift: float = MAX_DRIFT,
+) -> Simulation:
     """Run MD in one call and return the :class:`Simulation` (final state in ``.state``).
 
     ``ensemble``: one of :data:`ENSEMBLES`; ``timestep`` fs; ``temperature`` K (thermostat target, and the
@@ -301,12 +372,40 @@ def run(model, structure=None, ensemble: str = "nve", timestep: float = 1.0, ste
     output_file("trajectory", trajectory, overwrite or restart is not None)
     output_file("restart_file", restart_file, True)
     velocity_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
-    integrator = make_integrator(ensemble, timestep, temperature, pressure, seed=noise_seed, friction=friction,
-                                 tdamp=tdamp, pdamp=pdamp, barostat=barostat)
+    integrator = make_integrator(
+        ensemble,
+        timestep,
+        temperature,
+        pressure,
+        seed=noise_seed,
+        friction=friction,
+        tdamp=tdamp,
+        pdamp=pdamp,
+        barostat=barostat,
+    )
     start_t = temperature if initial_temperature is None else initial_temperature
-    sim = Simulation(model, structure, integrator, temperature=start_t, seed=velocity_seed, momenta=momenta,
-                     field=field, skin=skin, max_force=max_force, restart=restart, max_temperature=max_temperature,
-                     max_drift=max_drift)
-    sim.run(steps, log=log, trajectory=trajectory, interval=interval, hooks=hooks, overwrite=overwrite,
-            restart_file=restart_file, restart_interval=restart_interval)
+    sim = Simulation(
+        model,
+        structure,
+        integrator,
+        temperature=start_t,
+        seed=velocity_seed,
+        momenta=momenta,
+        field=field,
+        skin=skin,
+        max_force=max_force,
+        restart=restart,
+        max_temperature=max_temperature,
+        max_drift=max_drift,
+    )
+    sim.run(
+        steps,
+        log=log,
+        trajectory=trajectory,
+        interval=interval,
+        hooks=hooks,
+        overwrite=overwrite,
+        restart_file=restart_file,
+        restart_interval=restart_interval,
+    )
     return sim

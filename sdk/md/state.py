@@ -53,8 +53,14 @@ class MDState:
             masses = atomic_masses[s.numbers]
         n = len(s)
         momenta = np.zeros((n, 3)) if momenta is None else np.array(momenta, dtype=float).reshape(n, 3)
-        return cls(numbers=s.numbers.copy(), positions=s.positions.copy(), momenta=momenta,
-                   masses=np.array(masses, dtype=float).reshape(n), cell=s.cell.copy(), pbc=s.pbc.copy())
+        return cls(
+            numbers=s.numbers.copy(),
+            positions=s.positions.copy(),
+            momenta=momenta,
+            masses=np.array(masses, dtype=float).reshape(n),
+            cell=s.cell.copy(),
+            pbc=s.pbc.copy(),
+        )
 
     @property
     def n_atoms(self) -> int:
@@ -144,7 +150,6 @@ def zero_momentum(state: MDState) -> None:
     state.momenta -= state.masses[:, None] * (state.momenta.sum(axis=0) / state.masses.sum())
 
 
-
 def wrap_positions(positions, cell, pbc):
     """Fold positions into the cell along periodic directions: returns (wrapped, n) with
     ``wrapped = positions - n @ cell`` and ``n`` integer [n,3] (0 along non-periodic directions)."""
@@ -154,4 +159,3 @@ def wrap_positions(positions, cell, pbc):
         fractional = positions @ inverse
         n[:, pbc] = np.floor(fractional[:, pbc]).astype(np.int64)
     return positions - n @ cell, n
-

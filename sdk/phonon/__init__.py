@@ -28,8 +28,30 @@ from mtsim.phonon.qha import EOS, QHA, QHAResult, fit_eos
 from mtsim.phonon.thermal import ThermalProperties, thermal_properties
 from mtsim.phonon.workflow import nac_choice, quasi_harmonic, relax_structure
 
-__all__ = ["EOS", "EPS_INF_METALLIC", "QHA", "SUPERCELL_WIDTH", "BandStructure", "DensityOfStates",
-           "DynamicalMatrix", "GonzeLee", "Mesh", "NACChoice", "Phonons", "QHAResult", "SupercellTooSmall",
-           "ThermalProperties", "Wang", "check_supercell", "choose_nac", "default_supercell", "fit_eos",
-           "imaginary_summary", "nac_choice", "quasi_harmonic", "relax_structure", "symmetrize_born",
-           "thermal_properties"]
+__all__ = [
+    "EOS",
+    "EPS_INF_METALLIC",
+    "QHA",
+    "SUPERCELL_WIDTH",
+    "BandStructure",
+    "DensityOfStates",
+    "DynamicalMatrix",
+    "GonzeLee",
+    "Mesh",
+    "NACChoice",
+    "Phonons",
+    "QHAResult",
+    "SupercellTooSmall",
+    "ThermalProperties",
+    "Wang",
+    "check_supercell",
+    "choose_nac",
+    "default_supercell",
+    "fit_eos",
+    "imaginary_summary",
+    "nac_choice",
+    "quasi_harmonic",
+    "relax_structure",
+    "symmetrize_born",
+    "thermal_properties",
+]

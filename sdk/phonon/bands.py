@@ -30,8 +30,9 @@ class BandStructure:
         return np.concatenate(self.segments)
 
 
-def band_path(unitcell: Structure, npoints: int = 51, path: str | None = None
-              ) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+def band_path(
+    unitcell: Structure, npoints: int = 51, path: str | None = None
+) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
     """Segments of ``npoints`` q points each along ASE's standard path for the cell's Bravais lattice (or ``path``,
     e.g. ``"GXWKGLUWLK,UX"``, with ASE's special points); returns (segments, labels)."""
     bandpath = Cell(unitcell.cell).bandpath(path=path, npoints=0)

@@ -29,6 +29,9 @@ def symmetrize_born(born: np.ndarray, dielectric: np.ndarray, group: SpaceGroup)
     eps = np.mean(rotations @ np.asarray(dielectric, dtype=float) @ rotations.transpose(0, 2, 1), axis=0)
     change = np.abs(sym - born).max()
     if change > BROKEN_SYMMETRY_WARNING:
-        warnings.warn(f"symmetry of the Born effective charges is largely broken: symmetrisation and charge "
-                      f"neutrality changed an element by {change:.3f} e", stacklevel=2)
+        warnings.warn(
+            f"symmetry of the Born effective charges is largely broken: symmetrisation and charge "
+            f"neutrality changed an element by {change:.3f} e",
+            stacklevel=2,
+        )
     return sym, eps

@@ -62,7 +62,8 @@ def check_supercell(supercell: Supercell, cutoff: float) -> float:
             f"shortest lattice vector is {length:.3f} Å < 2 x cutoff = {2 * cutoff:g} Å, so an atom's cutoff sphere "
             "holds several images of one neighbour and the force constants mix them; use a larger supercell "
             f"(default: {'x'.join(map(str, default_supercell(supercell.unitcell.cell, cutoff)))}) or allow it "
-            "explicitly (allow_small_supercell / --allow-small-supercell)")
+            "explicitly (allow_small_supercell / --allow-small-supercell)"
+        )
     return length
 
 
@@ -93,8 +94,7 @@ class Supercell:
         cell = self.unitcell.cell
         shifts = self.points @ cell
         positions = (self.unitcell.positions[:, None, :] + shifts[None, :, :]).reshape(-1, 3)
-        return Structure(np.repeat(self.unitcell.numbers, self.n_cells), positions,
-                         np.diag(self.size) @ cell, True)
+        return Structure(np.repeat(self.unitcell.numbers, self.n_cells), positions, np.diag(self.size) @ cell, True)
 
     @property
     def p2s(self) -> np.ndarray:
@@ -165,6 +165,7 @@ def shortest_vectors(supercell: Supercell, tol: float = 1e-5) -> ShortestVectors
         pairs.append(u * n_s + s)
         multiplicity.append(shortest.sum(axis=1))
     vectors, pairs, multiplicity = np.concatenate(vectors), np.concatenate(pairs), np.array(multiplicity)
-    average = csr_matrix((1.0 / multiplicity.ravel()[pairs], (np.arange(len(pairs)), pairs)),
-                         shape=(len(pairs), multiplicity.size))
+    average = csr_matrix(
+        (1.0 / multiplicity.ravel()[pairs], (np.arange(len(pairs)), pairs)), shape=(len(pairs), multiplicity.size)
+    )
     return ShortestVectors(vectors @ np.linalg.inv(supercell.unitcell.cell), average, multiplicity)

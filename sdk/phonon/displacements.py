@@ -16,8 +16,23 @@ from mtsim.phonon.cells import Supercell
 from mtsim.phonon.symmetry import SpaceGroup
 from mtsim.structure import Structure
 
-CANDIDATES = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, -1, 0], [1, 0, -1],
-                       [0, 1, -1], [1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]])
+CANDIDATES = np.array(
+    [
+        [1, 0, 0],
+        [0, 1, 0],
+        [0, 0, 1],
+        [1, 1, 0],
+        [1, 0, 1],
+        [0, 1, 1],
+        [1, -1, 0],
+        [1, 0, -1],
+        [0, 1, -1],
+        [1, 1, 1],
+        [1, 1, -1],
+        [1, -1, 1],
+        [-1, 1, 1],
+    ]
+)
 """Trial directions in supercell lattice coordinates, in phonopy's order of preference."""
 
 
@@ -44,8 +59,9 @@ def displacement_directions(rotations: np.ndarray) -> list[np.ndarray]:
     return list(CANDIDATES[:3])
 
 
-def generate_displacements(group: SpaceGroup, supercell: Supercell, amplitude: float = 0.01,
-                           plusminus: bool | str = "auto") -> list[Displacement]:
+def generate_displacements(
+    group: SpaceGroup, supercell: Supercell, amplitude: float = 0.01, plusminus: bool | str = "auto"
+) -> list[Displacement]:
     """Displacements of ``amplitude`` Å for every independent atom of ``group`` (the symmetry of the supercell,
     ``Supercell.symmetry``). ``plusminus``: True (always ±), False (+ only) or
     ``"auto"`` (± only where the site symmetry does not relate +d to -d)."""
@@ -54,8 +70,9 @@ def generate_displacements(group: SpaceGroup, supercell: Supercell, amplitude: f
     size = np.array(supercell.size)
     result = []
     for atom in group.independent_atoms:
-        rotations = np.rint(group.rotations[group.site_symmetry(atom)] * size[None, None, :]
-                            / size[None, :, None]).astype(int)
+        rotations = np.rint(
+            group.rotations[group.site_symmetry(atom)] * size[None, None, :] / size[None, :, None]
+        ).astype(int)
         for direction in displacement_directions(rotations):
             vector = direction @ supercell.structure.cell
             vector *= amplitude / np.linalg.norm(vector)

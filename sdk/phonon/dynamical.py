@@ -21,8 +21,9 @@ class DynamicalMatrix:
     """D(q) of compact force constants ``force_constants`` [n_unit, n_s, 3, 3] (eV/Å^2) on ``supercell``, masses
     [n_unit] (amu), and an optional NAC (``GonzeLee`` or ``Wang``)."""
 
-    def __init__(self, supercell: Supercell, force_constants: np.ndarray, masses: np.ndarray,
-                 nac: GonzeLee | Wang | None = None):
+    def __init__(
+        self, supercell: Supercell, force_constants: np.ndarray, masses: np.ndarray, nac: GonzeLee | Wang | None = None
+    ):
         self.supercell = supercell
         self.masses = np.asarray(masses, dtype=float)
         self.nac = nac
@@ -37,8 +38,7 @@ class DynamicalMatrix:
         """Hermitian D at ``qpoints`` [nq,3] (or one [3]), complex [nq, 3n, 3n]. ``q_direction`` (reduced) is the
         direction of approach used for the NAC at Gamma points."""
         qpoints = np.atleast_2d(np.asarray(qpoints, dtype=float))
-        return np.concatenate([self._block(qpoints[k:k + CHUNK], q_direction)
-                               for k in range(0, len(qpoints), CHUNK)])
+        return np.concatenate([self._block(qpoints[k : k + CHUNK], q_direction) for k in range(0, len(qpoints), CHUNK)])
 
     def _block(self, qpoints: np.ndarray, q_direction) -> np.ndarray:
         n, cells = self.supercell.n_unit, self.supercell.n_cells
@@ -54,8 +54,7 @@ class DynamicalMatrix:
         d = d.reshape(len(qpoints), 3 * n, 3 * n)
         return 0.5 * (d + d.conj().transpose(0, 2, 1))
 
-    def frequencies(self, qpoints: np.ndarray, q_direction: np.ndarray | None = None,
-                    eigenvectors: bool = False):
+    def frequencies(self, qpoints: np.ndarray, q_direction: np.ndarray | None = None, eigenvectors: bool = False):
         """Frequencies [nq, 3n] in THz, ascending (negative = imaginary); with ``eigenvectors`` also the
         eigenvectors [nq, 3n, 3n] (columns, as ``numpy.linalg.eigh``)."""
         d = self(qpoints, q_direction)

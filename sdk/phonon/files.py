@@ -34,8 +34,10 @@ def write_born(path, born: np.ndarray, dielectric: np.ndarray, independent_atoms
     """phonopy's BORN format: factor, eps_inf (9 numbers), then Z* (9 numbers, ``Z[a, b] = dF_b/dE_a``) of each
     symmetry-independent atom."""
     atoms = " ".join(str(int(a) + 1) for a in independent_atoms)
-    lines = [f"{COULOMB_EV_A:.8f}   # NAC factor e^2/(4 pi eps0) in eV*A; eps_inf, then Z* of atoms {atoms}",
-             " ".join(f"{x:13.8f}" for x in np.ravel(dielectric))]
+    lines = [
+        f"{COULOMB_EV_A:.8f}   # NAC factor e^2/(4 pi eps0) in eV*A; eps_inf, then Z* of atoms {atoms}",
+        " ".join(f"{x:13.8f}" for x in np.ravel(dielectric)),
+    ]
     lines += [" ".join(f"{x:13.8f}" for x in np.ravel(born[a])) for a in independent_atoms]
     Path(path).write_text("\n".join(lines) + "\n")
 
@@ -59,8 +61,7 @@ def write_band_yaml(path, bands: BandStructure, unitcell: Structure, masses: np.
     lines += [f"- [ {_vector(v)} ] # {axis}" for v, axis in zip(unitcell.cell, "abc")]
     lines.append("points:")
     for k, (z, x, m) in enumerate(zip(unitcell.numbers, frac, masses)):
-        lines += [f"- symbol: {chemical_symbols[z]} # {k + 1}", f"  coordinates: [ {_vector(x)} ]",
-                  f"  mass: {m:.6f}"]
+        lines += [f"- symbol: {chemical_symbols[z]} # {k + 1}", f"  coordinates: [ {_vector(x)} ]", f"  mass: {m:.6f}"]
     lines += ["", "phonon:"]
     for q, d, f in zip(bands.qpoints, np.concatenate(bands.distances), np.concatenate(bands.frequencies)):
         lines += [f"- q-position: [ {_vector(q)} ]", f"  distance: {d:12.7f}", "  band:"]

@@ -13,8 +13,9 @@ from mtsim.phonon.displacements import Displacement
 from mtsim.phonon.symmetry import SpaceGroup
 
 
-def solve_force_constants(group: SpaceGroup, supercell: Supercell, displacements: list[Displacement],
-                          forces: np.ndarray) -> np.ndarray:
+def solve_force_constants(
+    group: SpaceGroup, supercell: Supercell, displacements: list[Displacement], forces: np.ndarray
+) -> np.ndarray:
     """Compact force constants from ``forces`` [n_disp, n_s, 3] (eV/Å) of the displaced supercells.
 
     ``group`` is the supercell's symmetry (``Supercell.symmetry``). Each displacement is replicated by the site

@@ -25,8 +25,9 @@ def irreducible_qpoints(unitcell: Structure, size, symprec: float = 1e-5) -> tup
     """Irreducible points of the Gamma-centred ``size`` mesh (with time reversal) and their weights."""
     size = np.asarray(size, dtype=int)
     frac = unitcell.positions @ np.linalg.inv(unitcell.cell)
-    mapping, grid = spglib.get_ir_reciprocal_mesh(size, (unitcell.cell, frac, unitcell.numbers), is_shift=[0, 0, 0],
-                                                  symprec=symprec)
+    mapping, grid = spglib.get_ir_reciprocal_mesh(
+        size, (unitcell.cell, frac, unitcell.numbers), is_shift=[0, 0, 0], symprec=symprec
+    )
     unique, counts = np.unique(mapping, return_counts=True)
     return grid[unique] / size, counts / counts.sum()
 
@@ -47,6 +48,6 @@ def density_of_states(mesh: Mesh, sigma: float | None = None, points: int = 401)
     grid = np.linspace(f.min() - 5 * sigma, f.max() + 5 * sigma, points)
     dos = np.zeros(points)
     for k in range(0, len(f), 256):
-        gauss = np.exp(-0.5 * ((grid[:, None, None] - f[None, k:k + 256]) / sigma) ** 2)
-        dos += np.einsum("gqb,q->g", gauss, mesh.weights[k:k + 256]) / (np.sqrt(2 * np.pi) * sigma)
+        gauss = np.exp(-0.5 * ((grid[:, None, None] - f[None, k : k + 256]) / sigma) ** 2)
+        dos += np.einsum("gqb,q->g", gauss, mesh.weights[k : k + 256]) / (np.sqrt(2 * np.pi) * sigma)
     return DensityOfStates(grid, dos)

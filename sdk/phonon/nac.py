@@ -67,21 +67,28 @@ def choose_nac(numbers, dielectric, nac: bool | str = "auto", metallic: bool = F
     present = sorted({int(z) for z in np.asarray(numbers)})
     names = "".join(chemical_symbols[z] for z in present)
     if not NONMETALS.intersection(present):
-        return NACChoice(False, f"metallic: {names} holds only metals (no nonmetal or metalloid), so free carriers "
-                                "screen the macroscopic field")
+        return NACChoice(
+            False,
+            f"metallic: {names} holds only metals (no nonmetal or metalloid), so free carriers "
+            "screen the macroscopic field",
+        )
     eps = float(np.trace(np.asarray(dielectric, dtype=float))) / 3
     if eps > EPS_INF_METALLIC:
         return NACChoice(False, f"metallic: the model's eps_inf {eps:.3g} exceeds {EPS_INF_METALLIC:g}")
     anions = "".join(chemical_symbols[z] for z in present if z in NONMETALS)
-    return NACChoice(True, f"insulator: {names} holds nonmetal(s) {anions} and the model's eps_inf {eps:.3g} is "
-                           f"at most {EPS_INF_METALLIC:g}")
+    return NACChoice(
+        True,
+        f"insulator: {names} holds nonmetal(s) {anions} and the model's eps_inf {eps:.3g} is "
+        f"at most {EPS_INF_METALLIC:g}",
+    )
 
 
 class GonzeLee:
     """Gonze-Lee dipole-dipole sum for ``unitcell`` with Z* ``born`` [n,3,3] (e) and eps_inf ``dielectric``."""
 
-    def __init__(self, unitcell: Structure, born: np.ndarray, dielectric: np.ndarray, g_points: int = 300,
-                 damping: float = 1e-10):
+    def __init__(
+        self, unitcell: Structure, born: np.ndarray, dielectric: np.ndarray, g_points: int = 300, damping: float = 1e-10
+    ):
         self.born = np.asarray(born, dtype=float)
         self.dielectric = np.asarray(dielectric, dtype=float)
         self.reciprocal = np.linalg.inv(unitcell.cell)
@@ -101,8 +108,9 @@ class GonzeLee:
         zero = np.linalg.norm(k, axis=-1) < GAMMA_TOLERANCE
         safe = np.where(zero, 1.0, kek)
         kernel = np.einsum("qga,qgb->qgab", k, k) * (np.exp(-safe / self.four_lambda2) / safe)[..., None, None]
-        kernel[zero] = 0.0 if direction is None else np.outer(direction, direction) / (direction @ self.dielectric
-                                                                                            @ direction)
+        kernel[zero] = (
+            0.0 if direction is None else np.outer(direction, direction) / (direction @ self.dielectric @ direction)
+        )
         n = len(self.born)
         kernel = kernel.reshape(len(q_cart), -1, 9)
         phases = self.g_phases.reshape(-1, n * n).T  # [ij, g] @ [q, g, cd] as real matmuls (much faster than einsum)

@@ -77,9 +77,15 @@ class Phonons:
         """Force constants in phonopy's full layout [n_s, n_s, 3, 3] (eV/Å^2)."""
         return full_force_constants(self.force_constants, self.supercell)
 
-    def calculate_force_constants(self, model, amplitude: float = 0.01, plusminus: bool | str = "auto",
-                                  batch_size: int | None = None, progress_bar: bool = False,
-                                  allow_small_supercell: bool = False) -> np.ndarray:
+    def calculate_force_constants(
+        self,
+        model,
+        amplitude: float = 0.01,
+        plusminus: bool | str = "auto",
+        batch_size: int | None = None,
+        progress_bar: bool = False,
+        allow_small_supercell: bool = False,
+    ) -> np.ndarray:
         """Displace, evaluate the supercells with ``model``, and build the force constants.
 
         A supercell that does not contain the model's cutoff sphere is refused (``SupercellTooSmall``, rule in
@@ -99,7 +105,7 @@ class Phonons:
         if batch_size is None:
             on_gpu = getattr(model, "device", "cpu") == "cuda"
             batch_size = max(1, ATOM_BUDGET // len(self.supercell.structure)) if on_gpu else 1
-        batches = [structures[k:k + batch_size] for k in range(0, len(structures), batch_size)]
+        batches = [structures[k : k + batch_size] for k in range(0, len(structures), batch_size)]
         forces = []
         with progress(batches, f"forces of {len(structures)} supercells", progress_bar) as bar:
             for batch in bar:
@@ -107,8 +113,9 @@ class Phonons:
         return self.produce_force_constants(np.array(forces, dtype=float))
 
     # ------------------------------------------------------------------ NAC
-    def set_nac(self, born: np.ndarray, dielectric: np.ndarray, method: str = "gonze", symmetrize_born_charges=True
-                ) -> None:
+    def set_nac(
+        self, born: np.ndarray, dielectric: np.ndarray, method: str = "gonze", symmetrize_born_charges=True
+    ) -> None:
         """Non-analytical correction from Z* [n_unit,3,3] (e, ``Z[i,a,b] = dF_ib/dE_a``) and eps_inf [3,3];
         ``method`` ``"gonze"`` (Gonze-Lee) or ``"wang"``; Z* and eps are symmetrised (with charge neutrality)
         unless told otherwise. ``born=None`` switches the NAC off."""
@@ -122,8 +129,7 @@ class Phonons:
             self.nac = NAC_METHODS[method](self.unitcell, born, dielectric)
         self._dynamical_matrix = None
 
-    def nac_from_model(self, model, method: str = "gonze", nac: bool | str = True, metallic: bool = False
-                       ) -> NACChoice:
+    def nac_from_model(self, model, method: str = "gonze", nac: bool | str = True, metallic: bool = False) -> NACChoice:
         """The model's Z* and eps_inf on the unit cell, symmetrised (kept in ``born``, ``dielectric``), and the NAC
         from them where ``mtsim.phonon.nac.choose_nac`` says so (``nac`` True/False/"auto", ``metallic``); the
         decision is kept in ``nac_choice`` and returned."""
@@ -137,15 +143,26 @@ class Phonons:
         return self.nac_choice
 
     @classmethod
-    def from_model(cls, model, unitcell, supercell=(2, 2, 2), nac: bool | str = "auto", nac_method: str = "gonze",
-                   amplitude: float = 0.01, plusminus: bool | str = "auto", masses=None, symprec: float = 1e-5,
-                   batch_size: int | None = None, progress_bar: bool = False, metallic: bool = False,
-                   allow_small_supercell: bool = False) -> Phonons:
+    def from_model(
+        cls,
+        model,
+        unitcell,
+        supercell=(2, 2, 2),
+        nac: bool | str = "auto",
+        nac_method: str = "gonze",
+        amplitude: float = 0.01,
+        plusminus: bool | str = "auto",
+        masses=None,
+        symprec: float = 1e-5,
+        batch_size: int | None = None,
+        progress_bar: bool = False,
+        metallic: bool = False,
+        allow_small_supercell: bool = False,
+    ) -> Phonons:
         """Force constants of ``unitcell`` from ``model`` and the NAC from its Z* and eps_inf as ``nac`` (True,
         False, or "auto": decided by ``choose_nac`` with ``metallic``) says; the decision is in ``nac_choice``."""
         phonons = cls(unitcell, supercell, masses=masses, symprec=symprec)
-        phonons.calculate_force_constants(model, amplitude, plusminus, batch_size, progress_bar,
-                                          allow_small_supercell)
+        phonons.calculate_force_constants(model, amplitude, plusminus, batch_size, progress_bar, allow_small_supercell)
         phonons.nac_from_model(model, nac_method, nac, metallic)
         return phonons
 
@@ -177,7 +194,7 @@ class Phonons:
     def mesh(self, size=(20, 20, 20), progress_bar: bool = False) -> Mesh:
         """Frequencies on the irreducible points of a Gamma-centred mesh."""
         qpoints, weights = irreducible_qpoints(self.unitcell, size, self.symprec)
-        blocks = [qpoints[k:k + 256] for k in range(0, len(qpoints), 256)]
+        blocks = [qpoints[k : k + 256] for k in range(0, len(qpoints), 256)]
         with progress(blocks, f"mesh {tuple(size)}", progress_bar) as bar:
             frequencies = np.concatenate([self.frequencies(block) for block in bar])
         return Mesh(tuple(int(n) for n in size), qpoints, weights, frequencies)

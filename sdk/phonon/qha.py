@@ -40,8 +40,9 @@ def eos_energy(kind: str, v, e0, v0, b0, bp):
     """E(V) of the Vinet or third-order Birch-Murnaghan equation of state."""
     if kind == "vinet":
         eta = (v / v0) ** (1 / 3)
-        return e0 + 2 * b0 * v0 / (bp - 1) ** 2 * (2 - (5 + 3 * bp * (eta - 1) - 3 * eta)
-                                                   * np.exp(-1.5 * (bp - 1) * (eta - 1)))
+        return e0 + 2 * b0 * v0 / (bp - 1) ** 2 * (
+            2 - (5 + 3 * bp * (eta - 1) - 3 * eta) * np.exp(-1.5 * (bp - 1) * (eta - 1))
+        )
     if kind == "birch_murnaghan":
         x = (v0 / v) ** (2 / 3) - 1
         return e0 + 9 * v0 * b0 / 16 * (x**3 * bp + x**2 * (6 - 4 * (x + 1)))
@@ -97,8 +98,12 @@ class QHA:
         volume, gibbs, bulk = [], [], []
         for fit in self.fits:
             span = hi - lo
-            best = minimize_scalar(lambda v: fit.energy(v) + p * v, bounds=(lo - span, hi + span), method="bounded",
-                                   options={"xatol": 1e-10 * hi})
+            best = minimize_scalar(
+                lambda v: fit.energy(v) + p * v,
+                bounds=(lo - span, hi + span),
+                method="bounded",
+                options={"xatol": 1e-10 * hi},
+            )
             v, h = best.x, 1e-4 * best.x
             curvature = (fit.energy(v + h) - 2 * fit.energy(v) + fit.energy(v - h)) / h**2
             volume.append(v)
@@ -107,8 +112,10 @@ class QHA:
         volume = np.array(volume)
         within = (volume >= lo) & (volume <= hi)
         if not within.all():
-            warnings.warn(f"at {pressure} GPa the equilibrium volume leaves the computed range [{lo:.3f}, {hi:.3f}] "
-                          f"Å^3 above {self.temperatures[~within].min():.0f} K: values there are extrapolated",
-                          stacklevel=2)
+            warnings.warn(
+                f"at {pressure} GPa the equilibrium volume leaves the computed range [{lo:.3f}, {hi:.3f}] "
+                f"Å^3 above {self.temperatures[~within].min():.0f} K: values there are extrapolated",
+                stacklevel=2,
+            )
         alpha = np.gradient(volume, self.temperatures) / volume if len(volume) > 1 else np.zeros(1)
         return QHAResult(pressure, self.temperatures, volume, np.array(gibbs), np.array(bulk), alpha, within)

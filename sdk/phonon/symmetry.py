@@ -41,8 +41,16 @@ class SpaceGroup:
     def subgroup(self, keep: np.ndarray) -> SpaceGroup:
         """The operations selected by the bool mask ``keep`` (a subgroup), with the orbits recomputed."""
         permutations = self.permutations[keep]
-        return SpaceGroup(self.symbol, self.number, self.rotations[keep], self.translations[keep],
-                          self.rotations_cart[keep], permutations, self.shifts[keep], permutations.min(axis=0))
+        return SpaceGroup(
+            self.symbol,
+            self.number,
+            self.rotations[keep],
+            self.translations[keep],
+            self.rotations_cart[keep],
+            permutations,
+            self.shifts[keep],
+            permutations.min(axis=0),
+        )
 
     def site_symmetry(self, atom: int) -> np.ndarray:
         """Indices of the operations that leave ``atom`` on its own site (up to a lattice vector)."""
@@ -72,7 +80,12 @@ def space_group(structure: Structure, symprec: float = 1e-5) -> SpaceGroup:
     shifts = np.take_along_axis(shifts, permutations[:, :, None, None], axis=2)[:, :, 0].astype(np.int64)
     inv_t = np.linalg.inv(cell.T)
     return SpaceGroup(
-        symbol=data.international, number=int(data.number), rotations=rotations, translations=translations,
-        rotations_cart=np.einsum("ij,kjl,lm->kim", cell.T, rotations, inv_t), permutations=permutations,
-        shifts=shifts, equivalent_atoms=np.asarray(data.equivalent_atoms, dtype=np.int64),
+        symbol=data.international,
+        number=int(data.number),
+        rotations=rotations,
+        translations=translations,
+        rotations_cart=np.einsum("ij,kjl,lm->kim", cell.T, rotations, inv_t),
+        permutations=permutations,
+        shifts=shifts,
+        equivalent_atoms=np.asarray(data.equivalent_atoms, dtype=np.int64),
     )

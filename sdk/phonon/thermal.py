@@ -31,8 +31,9 @@ class ThermalProperties:
     zero_point: float
 
 
-def thermal_properties(frequencies: np.ndarray, weights: np.ndarray, temperatures, cutoff: float = CUTOFF
-                       ) -> ThermalProperties:
+def thermal_properties(
+    frequencies: np.ndarray, weights: np.ndarray, temperatures, cutoff: float = CUTOFF
+) -> ThermalProperties:
     """F, S, U, C_v at ``temperatures`` (K) from ``frequencies`` [nq, n_bands] (THz) with q ``weights`` [nq]."""
     temperatures = np.atleast_1d(np.asarray(temperatures, dtype=float))
     f = np.asarray(frequencies, dtype=float)

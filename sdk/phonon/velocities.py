@@ -15,7 +15,7 @@ DELTA = 1e-5
 """1/Å. Step of the central difference of D."""
 DEGENERATE = 1e-4
 """THz. Bands closer than this are treated as degenerate."""
-GENERIC_DIRECTION = np.array([1.0, 2.0 ** 0.5, 3.0 ** 0.5]) / 6.0 ** 0.5
+GENERIC_DIRECTION = np.array([1.0, 2.0**0.5, 3.0**0.5]) / 6.0**0.5
 """Direction along which degenerate bands are rotated to diagonalise dD/dq."""
 
 
@@ -25,8 +25,9 @@ def group_velocities(dynmat: DynamicalMatrix, qpoints: np.ndarray) -> np.ndarray
     cell = dynmat.supercell.unitcell.cell
     values, vectors = np.linalg.eigh(dynmat(qpoints))
     frequencies = to_thz(values)
-    derivative = np.stack([(dynmat(qpoints + step) - dynmat(qpoints - step)) / (2 * DELTA)
-                           for step in DELTA * cell.T])  # [3, nq, nb, nb]; q_reduced = cell @ q_cartesian
+    derivative = np.stack(
+        [(dynmat(qpoints + step) - dynmat(qpoints - step)) / (2 * DELTA) for step in DELTA * cell.T]
+    )  # [3, nq, nb, nb]; q_reduced = cell @ q_cartesian
     out = np.zeros(frequencies.shape + (3,))
     for k, (f, e) in enumerate(zip(frequencies, vectors)):
         projected = np.einsum("ib,aij,jc->abc", e.conj(), derivative[:, k], e)

@@ -16,8 +16,9 @@ from mtsim.progress import progress
 from mtsim.structure import Structure, as_structure
 
 
-def relax_structure(model, structure, fmax: float = 0.02, cell: bool = True, pressure: float = 0.0,
-                    max_steps: int = 500) -> tuple[Structure, float]:
+def relax_structure(
+    model, structure, fmax: float = 0.02, cell: bool = True, pressure: float = 0.0, max_steps: int = 500
+) -> tuple[Structure, float]:
     """``mtsim.relax.relax`` (positions, and the cell at ``pressure`` GPa when ``cell``); returns the structure and
     its energy (eV), warning when the relaxation did not converge."""
     from mtsim.relax import relax
@@ -40,10 +41,23 @@ def scaled(structure: Structure, volume_factor: float) -> Structure:
     return Structure(structure.numbers, structure.positions * s, structure.cell * s, structure.pbc)
 
 
-def quasi_harmonic(model, structure, supercell=(4, 4, 4), temperatures=np.arange(0, 1001, 10), mesh=(20, 20, 20),
-                   volume_range: float = 0.025, n_volumes: int = 11, fmax: float = 0.02, nac: bool | str = "auto",
-                   nac_method: str = "gonze", amplitude: float = 0.01, eos: str = "vinet",
-                   progress_bar: bool = False, metallic: bool = False, allow_small_supercell: bool = False) -> QHA:
+def quasi_harmonic(
+    model,
+    structure,
+    supercell=(4, 4, 4),
+    temperatures=np.arange(0, 1001, 10),
+    mesh=(20, 20, 20),
+    volume_range: float = 0.025,
+    n_volumes: int = 11,
+    fmax: float = 0.02,
+    nac: bool | str = "auto",
+    nac_method: str = "gonze",
+    amplitude: float = 0.01,
+    eos: str = "vinet",
+    progress_bar: bool = False,
+    metallic: bool = False,
+    allow_small_supercell: bool = False,
+) -> QHA:
     """QHA of ``structure`` (relaxed beforehand by the caller): ``n_volumes`` volumes from 1 - ``volume_range`` to
     1 + ``volume_range`` times its own, atoms relaxed to ``fmax`` eV/Å at each fixed cell, harmonic phonons on
     ``mesh``, and F(V) fitted with ``eos`` at each temperature (K). ``nac="auto"`` is decided once, on
@@ -56,8 +70,15 @@ def quasi_harmonic(model, structure, supercell=(4, 4, 4), temperatures=np.arange
     with progress(factors, f"QHA over {n_volumes} volumes", progress_bar) as bar:
         for factor in bar:
             relaxed, energy = relax_structure(model, scaled(structure, factor), fmax=fmax, cell=False)
-            phonons = Phonons.from_model(model, relaxed, supercell, nac=nac, nac_method=nac_method,
-                                         amplitude=amplitude, allow_small_supercell=allow_small_supercell)
+            phonons = Phonons.from_model(
+                model,
+                relaxed,
+                supercell,
+                nac=nac,
+                nac_method=nac_method,
+                amplitude=amplitude,
+                allow_small_supercell=allow_small_supercell,
+            )
             volumes.append(relaxed.volume)
             energies.append(energy)
             free.append(phonons.thermal_properties(temperatures, phonons.mesh(mesh)).free_energy)

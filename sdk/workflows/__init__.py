@@ -14,5 +14,18 @@ from mtsim.workflows.driver import Interrupted, Summary, run
 from mtsim.workflows.inputs import read_inputs, structure_key
 from mtsim.workflows.tasks import TASKS, Outcome, Result, Task, compute_batch, register
 
-__all__ = ["COLUMNS", "FAILED_COLUMNS", "TASKS", "Interrupted", "Outcome", "Result", "Summary", "Task",
-           "compute_batch", "read_inputs", "register", "run", "structure_key"]
+__all__ = [
+    "COLUMNS",
+    "FAILED_COLUMNS",
+    "TASKS",
+    "Interrupted",
+    "Outcome",
+    "Result",
+    "Summary",
+    "Task",
+    "compute_batch",
+    "read_inputs",
+    "register",
+    "run",
+    "structure_key",
+]

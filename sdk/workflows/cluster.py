@@ -33,12 +33,15 @@ class ModelPlugin(WorkerPlugin):
         from mtsim.workflows.database import file_sha256
 
         settings = (str(self.model_arg), self.device, self.precision, self.threads)
-        model = _MODELS.get(settings) or mtsim.load(self.model_arg, device=self.device, precision=self.precision,
-                                                   threads=self.threads)
+        model = _MODELS.get(settings) or mtsim.load(
+            self.model_arg, device=self.device, precision=self.precision, threads=self.threads
+        )
         found = file_sha256(model.path)
         if found != self.sha256:
-            raise RuntimeError(f"the worker's model file {model.path} (sha256 {found}) is not the driver's "
-                               f"(sha256 {self.sha256}): give every worker the same model file")
+            raise RuntimeError(
+                f"the worker's model file {model.path} (sha256 {found}) is not the driver's "
+                f"(sha256 {self.sha256}): give every worker the same model file"
+            )
         self.model = _MODELS[settings] = model
 
 

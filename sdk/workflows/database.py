@@ -56,9 +56,14 @@ class RunIdentity:
     model_checkpoint_sha256: str | None = None
 
     def columns(self) -> dict:
-        columns = {"task": self.task, "options_hash": self.options_hash,
-                   "options": json.dumps(self.options, sort_keys=True), "model": self.model,
-                   "model_sha256": self.model_sha256, "mtsim_version": self.mtsim_version}
+        columns = {
+            "task": self.task,
+            "options_hash": self.options_hash,
+            "options": json.dumps(self.options, sort_keys=True),
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "mtsim_version": self.mtsim_version,
+        }
         if self.model_checkpoint_sha256:
             columns["model_checkpoint_sha256"] = self.model_checkpoint_sha256
         return columns
@@ -71,8 +76,10 @@ def connect(name):
     try:
         return ase.db.connect(name, append=True)
     except ImportError as err:
-        raise ImportError(f"{name}: ASE's PostgreSQL backend needs `pip install 'mtsim[distributed]'` "
-                          f"(ase-db-backends, psycopg2-binary): {err}") from None
+        raise ImportError(
+            f"{name}: ASE's PostgreSQL backend needs `pip install 'mtsim[distributed]'` "
+            f"(ase-db-backends, psycopg2-binary): {err}"
+        ) from None
 
 
 def existing_rows(db, identity: RunIdentity) -> dict[str, tuple[int, str]]:
@@ -81,8 +88,10 @@ def existing_rows(db, identity: RunIdentity) -> dict[str, tuple[int, str]]:
     for row in db.select(task=identity.task, options_hash=identity.options_hash, include_data=False):
         key = row.key_value_pairs["structure_key"]
         if key in rows:
-            raise RuntimeError(f"the database holds two rows for structure {key} ({rows[key][0]} and {row.id}): "
-                               "it was written by something other than one mtsim run at a time")
+            raise RuntimeError(
+                f"the database holds two rows for structure {key} ({rows[key][0]} and {row.id}): "
+                "it was written by something other than one mtsim run at a time"
+            )
         rows[key] = (row.id, row.key_value_pairs["status"])
     return rows
 
@@ -97,8 +106,13 @@ def write_outcomes(db, identity: RunIdentity, outcomes, structures: dict, replac
             db.delete(stale)
         for o in outcomes:
             source, atoms = structures[o.key]
-            columns = {**identity.columns(), "structure_key": o.key, "status": o.status, "source": source,
-                       "seconds": float(o.seconds)}
+            columns = {
+                **identity.columns(),
+                "structure_key": o.key,
+                "status": o.status,
+                "source": source,
+                "seconds": float(o.seconds),
+            }
             if o.status == "done":
                 columns.update(o.result.summary)
                 out = o.result.structure

@@ -49,10 +49,17 @@ class Summary:
         return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
     def table(self) -> str:
-        rows = [("task", self.task), ("database", self.db), ("structures", self.total),
-                ("done now", self.done), ("failed now", self.failed), ("skipped (in database)", self.skipped),
-                ("duplicate inputs", self.duplicates), ("wall time", f"{self.seconds:.1f} s"),
-                ("rate", f"{self.rate:.2f} structures/s")]
+        rows = [
+            ("task", self.task),
+            ("database", self.db),
+            ("structures", self.total),
+            ("done now", self.done),
+            ("failed now", self.failed),
+            ("skipped (in database)", self.skipped),
+            ("duplicate inputs", self.duplicates),
+            ("wall time", f"{self.seconds:.1f} s"),
+            ("rate", f"{self.rate:.2f} structures/s"),
+        ]
         if self.interrupted:
             rows.append(("interrupted", "yes: rerun the same command to resume"))
         width = max(len(name) for name, _ in rows)
@@ -95,8 +102,7 @@ class Progress:
         rate = finished / (now - self.start) if now > self.start else 0.0
         left = self.total - finished
         eta = f"{left / rate:.0f} s" if rate > 0 else "?"
-        line = (f"{done} done, {failed} failed, {running} running, {left - running} left | "
-                f"{rate:.2f}/s | ETA {eta}")
+        line = f"{done} done, {failed} failed, {running} running, {left - running} left | {rate:.2f}/s | ETA {eta}"
         self.stream.write(("\r" + line + "\x1b[K" + ("\n" if final else "")) if self.tty else line + "\n")
         self.stream.flush()
 
@@ -113,10 +119,25 @@ def batches(items: list, batch_atoms: int) -> list[list]:
     return groups + ([current] if current else [])
 
 
-def run(task: str | Task, inputs, db: str, *, workers: int | None = None, scheduler: str | None = None,
-        client=None, model=None, device: str = "auto", precision: str | None = None, threads: int | None = None,
-        options: dict | None = None, retry_failed: bool = False, files=None, batch_atoms: int | None = None,
-        select: str | None = None, progress: bool = True) -> Summary:
+def run(
+    task: str | Task,
+    inputs,
+    db: str,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client=None,
+    model=None,
+    device: str = "auto",
+    precision: str | None = None,
+    threads: int | None = None,
+    options: dict | None = None,
+    retry_failed: bool = False,
+    files=None,
+    batch_atoms: int | None = None,
+    select: str | None = None,
+    progress: bool = True,
+) -> Summary:
     """Run ``task`` (a registered name or a :class:`Task`) on every structure of ``inputs`` and record one row per
     structure in the ASE database ``db`` (a file or a ``postgresql://`` URL); returns a :class:`Summary`.
 
@@ -137,8 +158,9 @@ def run(task: str | Task, inputs, db: str, *, workers: int | None = None, schedu
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     name, sha256, checkpoint = model_identity(model, precision)
-    identity = RunIdentity(spec.name, options, options_hash(spec.name, options, sha256), name, sha256,
-                           mtsim.__version__, checkpoint)
+    identity = RunIdentity(
+        spec.name, options, options_hash(spec.name, options, sha256), name, sha256, mtsim.__version__, checkpoint
+    )
     structures: dict[str, tuple[str, object]] = {}
     summary = Summary(spec.name, str(db))
     for source, atoms in read_inputs(inputs, select, exclude=db):
@@ -159,9 +181,25 @@ def run(task: str | Task, inputs, db: str, *, workers: int | None = None, schedu
     start = time.monotonic()
     try:
         if pending:
-            _drive(spec, options, identity, batches(pending, batch_atoms or spec.batch_atoms), structures, replace,
-                   database, folder, summary, Progress(len(pending), progress), workers, scheduler, client, model,
-                   device, precision, threads)
+            _drive(
+                spec,
+                options,
+                identity,
+                batches(pending, batch_atoms or spec.batch_atoms),
+                structures,
+                replace,
+                database,
+                folder,
+                summary,
+                Progress(len(pending), progress),
+                workers,
+                scheduler,
+                client,
+                model,
+                device,
+                precision,
+                threads,
+            )
     except KeyboardInterrupt:
         summary.interrupted = True
         summary.seconds = time.monotonic() - start
@@ -181,8 +219,12 @@ def model_identity(model, precision) -> tuple[str, str, str | None]:
     key = (str(model), precision)
     if key not in _IDENTITIES:
         loaded = mtsim.load(model, device="cpu", precision=precision)
-        _IDENTITIES[key] = (loaded.path, loaded.metadata.get("model_name", loaded.path.name),
-                            loaded.metadata.get("source_checkpoint_sha256"), file_sha256(loaded.path))
+        _IDENTITIES[key] = (
+            loaded.path,
+            loaded.metadata.get("model_name", loaded.path.name),
+            loaded.metadata.get("source_checkpoint_sha256"),
+            file_sha256(loaded.path),
+        )
     path, name, checkpoint, sha256 = _IDENTITIES[key]
     if file_sha256(path) != sha256:  # the file changed since: load it again
         del _IDENTITIES[key]
@@ -206,8 +248,25 @@ def _files_folder(db, files, spec: Task, identity: RunIdentity) -> Path:
     return Path(files)
 
 
-def _drive(spec, options, identity, groups, structures, replace, database, folder, summary, progress, workers,
-           scheduler, client, model, device, precision, threads) -> None:
+def _drive(
+    spec,
+    options,
+    identity,
+    groups,
+    structures,
+    replace,
+    database,
+    folder,
+    summary,
+    progress,
+    workers,
+    scheduler,
+    client,
+    model,
+    device,
+    precision,
+    threads,
+) -> None:
     from distributed import as_completed
 
     from mtsim.workflows.cluster import ModelPlugin, dask_client, default_workers, run_on_worker, worker_threads
@@ -242,8 +301,10 @@ def _drive(spec, options, identity, groups, structures, replace, database, folde
                 try:
                     outcomes = future.result()
                 except Exception as err:  # noqa: BLE001 - e.g. KilledWorker: the task killed its workers
-                    outcomes = [Outcome(key, "failed", error=f"the Dask task failed: {type(err).__name__}: {err}")
-                                for key, _ in group]
+                    outcomes = [
+                        Outcome(key, "failed", error=f"the Dask task failed: {type(err).__name__}: {err}")
+                        for key, _ in group
+                    ]
                 future.release()
                 outcomes = [o for o in outcomes if o.key not in written]
                 _write(spec, identity, outcomes, structures, replace, database, folder)
@@ -271,4 +332,3 @@ def _write(spec, identity, outcomes, structures, replace, database, folder) -> N
             spec.write_files(path, o.result.files)
             o.result.summary["files"] = str(path)
     write_outcomes(database, identity, outcomes, structures, replace)
-

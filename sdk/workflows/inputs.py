@@ -15,8 +15,12 @@ URL_PREFIXES = ("postgresql://", "postgres://", "mysql://", "mariadb://")
 def structure_key(atoms) -> str:
     """sha256 (hex) of the structure's content: atomic numbers (int64), positions and cell (float64, Å), pbc."""
     digest = hashlib.sha256()
-    for array in (np.asarray(atoms.numbers, dtype=np.int64), np.asarray(atoms.positions, dtype=np.float64),
-                  np.asarray(atoms.cell, dtype=np.float64), np.asarray(atoms.pbc, dtype=bool)):
+    for array in (
+        np.asarray(atoms.numbers, dtype=np.int64),
+        np.asarray(atoms.positions, dtype=np.float64),
+        np.asarray(atoms.cell, dtype=np.float64),
+        np.asarray(atoms.pbc, dtype=bool),
+    ):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 

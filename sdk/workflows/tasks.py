@@ -91,11 +91,13 @@ def compute_batch(task: Task, model, options: dict, items: list) -> list[Outcome
     for key, atoms in items:
         start = time.perf_counter()
         try:
-            result = task.compute(model, [atoms], **options)[0] if task.batched else task.compute(model, atoms,
-                                                                                                 **options)
+            result = (
+                task.compute(model, [atoms], **options)[0] if task.batched else task.compute(model, atoms, **options)
+            )
         except Exception as err:  # noqa: BLE001 - any error of one structure is recorded, the run goes on
-            outcomes.append(Outcome(key, "failed", error=f"{type(err).__name__}: {err}",
-                                    seconds=time.perf_counter() - start))
+            outcomes.append(
+                Outcome(key, "failed", error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - start)
+            )
         else:
             outcomes.append(Outcome(key, "done", result, seconds=time.perf_counter() - start))
     return outcomes
@@ -106,8 +108,7 @@ def predict(model, structures, allow_overlap: bool = False) -> list[Result]:
     """Every head of each structure in one ``Model.predict`` call (batched by the model within its budgets)."""
     results = []
     for atoms, p in zip(structures, model.predict(list(structures), allow_overlap=allow_overlap)):
-        summary = {"energy_per_atom": p.energy / len(atoms),
-                   "max_force": float(np.linalg.norm(p.forces, axis=1).max())}
+        summary = {"energy_per_atom": p.energy / len(atoms), "max_force": float(np.linalg.norm(p.forces, axis=1).max())}
         if atoms.cell.rank == 3 and atoms.pbc.all():
             summary["pressure"] = float(-np.trace(p.stress) / 3 / GPA)
         results.append(Result(summary, p.as_dict()))
@@ -124,10 +125,14 @@ def relax(model, atoms, fmax: float = 0.02, cell: bool = True, pressure: float =
 
     r = fire(model, atoms, fmax=fmax, cell=cell, pressure=pressure, max_steps=max_steps)
     n = len(r.structure)
-    summary = {"energy_per_atom": r.energy / n, "converged": r.converged, "steps": r.steps,
-               "volume_per_atom": r.structure.volume / n, "final_fmax": r.fmax}
-    data = {**r.prediction.as_dict(), "enthalpy": r.enthalpy,
-            "energies": np.array([h["energy"] for h in r.history])}
+    summary = {
+        "energy_per_atom": r.energy / n,
+        "converged": r.converged,
+        "steps": r.steps,
+        "volume_per_atom": r.structure.volume / n,
+        "final_fmax": r.fmax,
+    }
+    data = {**r.prediction.as_dict(), "enthalpy": r.enthalpy, "energies": np.array([h["energy"] for h in r.history])}
     return Result(summary, data, structure=r.structure)
 
 
@@ -148,10 +153,24 @@ class PhononFiles:
     independent_atoms: np.ndarray
 
 
-def phonon(model, atoms, supercell=None, mesh=(20, 20, 20), nac: bool | str = "auto", nac_method: str = "gonze",
-           relax: bool = True, fmax: float = 0.02, pressure: float = 0.0, amplitude: float = 0.01,
-           q_direction=(1.0, 0.0, 0.0), npoints: int = 51, tmax: float = 1000.0, tstep: float = 10.0,
-           metallic: bool = False, allow_small_supercell: bool = False) -> Result:
+def phonon(
+    model,
+    atoms,
+    supercell=None,
+    mesh=(20, 20, 20),
+    nac: bool | str = "auto",
+    nac_method: str = "gonze",
+    relax: bool = True,
+    fmax: float = 0.02,
+    pressure: float = 0.0,
+    amplitude: float = 0.01,
+    q_direction=(1.0, 0.0, 0.0),
+    npoints: int = 51,
+    tmax: float = 1000.0,
+    tstep: float = 10.0,
+    metallic: bool = False,
+    allow_small_supercell: bool = False,
+) -> Result:
     """Harmonic phonons as ``mtsim phonon``: relax (positions and cell at ``pressure`` GPa) unless told not to,
     force constants on ``supercell`` (None: every width >= 10 Å and 2 x cutoff; a smaller one is refused unless
     ``allow_small_supercell``), NAC from the model's own Z* and eps_inf as ``nac`` (True/False/"auto", with
@@ -174,17 +193,30 @@ def phonon(model, atoms, supercell=None, mesh=(20, 20, 20), nac: bool | str = "a
     thermal = ph.thermal_properties(np.arange(0.0, tmax + tstep / 2, tstep), sampled)
     gamma = ph.gamma_report(q_direction)
     imaginary = imaginary_summary(bands, sampled)
-    summary = {"space_group": f"{ph.symmetry.symbol} ({ph.symmetry.number})",
-               "supercell": "x".join(str(n) for n in size), "lo_to_splitting": gamma["lo_to_splitting"],
-               "lowest_frequency": imaginary["lowest_mesh_frequency"], "imaginary_modes": imaginary["mesh_count"],
-               "zero_point_energy": float(thermal.zero_point), "nac": choice.applied, "nac_reason": choice.reason}
-    data = {"gamma_frequencies": gamma["frequencies"], "gamma_frequencies_nac": gamma["frequencies_nac"],
-            "lo_to_shifts": gamma["lo_to_shifts"], "temperatures": thermal.temperatures,
-            "free_energy": thermal.free_energy, "entropy": thermal.entropy, "heat_capacity": thermal.heat_capacity}
+    summary = {
+        "space_group": f"{ph.symmetry.symbol} ({ph.symmetry.number})",
+        "supercell": "x".join(str(n) for n in size),
+        "lo_to_splitting": gamma["lo_to_splitting"],
+        "lowest_frequency": imaginary["lowest_mesh_frequency"],
+        "imaginary_modes": imaginary["mesh_count"],
+        "zero_point_energy": float(thermal.zero_point),
+        "nac": choice.applied,
+        "nac_reason": choice.reason,
+    }
+    data = {
+        "gamma_frequencies": gamma["frequencies"],
+        "gamma_frequencies_nac": gamma["frequencies_nac"],
+        "lo_to_shifts": gamma["lo_to_shifts"],
+        "temperatures": thermal.temperatures,
+        "free_energy": thermal.free_energy,
+        "entropy": thermal.entropy,
+        "heat_capacity": thermal.heat_capacity,
+    }
     if choice.applied:
         data.update(born_charges=born, dielectric=dielectric)
-    files = PhononFiles(bands, ph.density_of_states(sampled), unitcell, ph.masses, born, dielectric,
-                        ph.symmetry.independent_atoms)
+    files = PhononFiles(
+        bands, ph.density_of_states(sampled), unitcell, ph.masses, born, dielectric, ph.symmetry.independent_atoms
+    )
     return Result(summary, data, structure=unitcell, files=files)
 
 
@@ -193,22 +225,52 @@ def write_phonon_files(folder, files: PhononFiles) -> None:
     from mtsim.phonon.files import write_band_yaml, write_born
 
     write_band_yaml(folder / "band.yaml", files.bands, files.unitcell, files.masses)
-    np.savetxt(folder / "total_dos.dat", np.column_stack([files.dos.frequencies, files.dos.dos]),
-               header="frequency (THz)   DOS (states/THz per unit cell)")
+    np.savetxt(
+        folder / "total_dos.dat",
+        np.column_stack([files.dos.frequencies, files.dos.dos]),
+        header="frequency (THz)   DOS (states/THz per unit cell)",
+    )
     if files.born is not None:
         write_born(folder / "BORN", files.born, files.dielectric, files.independent_atoms)
 
 
-register(Task("phonon", phonon, {"supercell": None, "mesh": [20, 20, 20], "nac": "auto", "nac_method": "gonze",
-                                 "relax": True, "fmax": 0.02, "pressure": 0.0, "amplitude": 0.01,
-                                 "q_direction": [1.0, 0.0, 0.0], "npoints": 51, "tmax": 1000.0, "tstep": 10.0,
-                                 "metallic": False, "allow_small_supercell": False},
-              write_files=write_phonon_files))
+register(
+    Task(
+        "phonon",
+        phonon,
+        {
+            "supercell": None,
+            "mesh": [20, 20, 20],
+            "nac": "auto",
+            "nac_method": "gonze",
+            "relax": True,
+            "fmax": 0.02,
+            "pressure": 0.0,
+            "amplitude": 0.01,
+            "q_direction": [1.0, 0.0, 0.0],
+            "npoints": 51,
+            "tmax": 1000.0,
+            "tstep": 10.0,
+            "metallic": False,
+            "allow_small_supercell": False,
+        },
+        write_files=write_phonon_files,
+    )
+)
 
 
 # ================================================================================================ md
-def md(model, atoms, ensemble: str = "nvt-langevin", temperature: float = 300.0, pressure: float = 0.0,
-       timestep: float = 1.0, steps: int = 200, seed: int = 0, interval: int = 10) -> Result:
+def md(
+    model,
+    atoms,
+    ensemble: str = "nvt-langevin",
+    temperature: float = 300.0,
+    pressure: float = 0.0,
+    timestep: float = 1.0,
+    steps: int = 200,
+    seed: int = 0,
+    interval: int = 10,
+) -> Result:
     """A short ``mtsim.md.run`` (``timestep`` fs, ``temperature`` K, ``pressure`` GPa for npt; velocities and noise
     from ``seed``, so reruns repeat bitwise) and its observables every ``interval`` steps."""
     from mtsim.md import run
@@ -220,26 +282,55 @@ def md(model, atoms, ensemble: str = "nvt-langevin", temperature: float = 300.0,
 
     def record(sim):
         if sim.state.step % interval == 0:
-            for name, value in (("time", sim.state.time), ("temperature", sim.state.temperature),
-                                ("potential_energy", sim.state.energy), ("conserved", sim.conserved),
-                                ("pressure", sim.state.pressure), ("volume", sim.state.volume)):
+            for name, value in (
+                ("time", sim.state.time),
+                ("temperature", sim.state.temperature),
+                ("potential_energy", sim.state.energy),
+                ("conserved", sim.conserved),
+                ("pressure", sim.state.pressure),
+                ("volume", sim.state.volume),
+            ):
                 series[name].append(value)
 
-    sim = run(model, atoms, ensemble, timestep=timestep, steps=steps, temperature=temperature, pressure=pressure,
-              seed=seed, hooks=[record])
+    sim = run(
+        model,
+        atoms,
+        ensemble,
+        timestep=timestep,
+        steps=steps,
+        temperature=temperature,
+        pressure=pressure,
+        seed=seed,
+        hooks=[record],
+    )
     data = {name: np.array(values) for name, values in series.items()}
     n = len(atoms)
-    summary = {"mean_temperature": float(data["temperature"].mean()),
-               "mean_potential_energy_per_atom": float(data["potential_energy"].mean() / n),
-               "conserved_drift_per_atom": float((data["conserved"][-1] - data["conserved"][0]) / n),
-               "msd": float(np.mean(np.sum((sim.state.positions - start) ** 2, axis=1)))}
+    summary = {
+        "mean_temperature": float(data["temperature"].mean()),
+        "mean_potential_energy_per_atom": float(data["potential_energy"].mean() / n),
+        "conserved_drift_per_atom": float((data["conserved"][-1] - data["conserved"][0]) / n),
+        "msd": float(np.mean(np.sum((sim.state.positions - start) ** 2, axis=1))),
+    }
     if sim.state.volume > 0:
         summary["mean_pressure"] = float(np.mean(data["pressure"]))
     return Result(summary, data, structure=sim.state.to_structure())
 
 
-register(Task("md", md, {"ensemble": "nvt-langevin", "temperature": 300.0, "pressure": 0.0, "timestep": 1.0,
-                         "steps": 200, "seed": 0, "interval": 10}))
+register(
+    Task(
+        "md",
+        md,
+        {
+            "ensemble": "nvt-langevin",
+            "temperature": 300.0,
+            "pressure": 0.0,
+            "timestep": 1.0,
+            "steps": 200,
+            "seed": 0,
+            "interval": 10,
+        },
+    )
+)
 
 
 # ============================================================================================= label
@@ -252,10 +343,13 @@ def label(model, atoms, settings: dict | None = None) -> Result:
 
     frame = gpaw_label(atoms, DFTSettings(**(settings or {})))
     results = frame.calc.results
-    summary = {"energy_per_atom": float(results["energy"] / len(frame)),
-               "max_force": float(np.linalg.norm(results["forces"], axis=1).max()),
-               "scf_iterations": int(frame.info["dft_scf_iterations"]),
-               "dft_seconds": float(frame.info["dft_seconds"]), "kpts": frame.info["dft_kpts"]}
+    summary = {
+        "energy_per_atom": float(results["energy"] / len(frame)),
+        "max_force": float(np.linalg.norm(results["forces"], axis=1).max()),
+        "scf_iterations": int(frame.info["dft_scf_iterations"]),
+        "dft_seconds": float(frame.info["dft_seconds"]),
+        "kpts": frame.info["dft_kpts"],
+    }
     if "charge_residual" in frame.info:
         summary["charge_residual"] = float(frame.info["charge_residual"])
     return Result(summary, {name: np.asarray(value) for name, value in results.items()})

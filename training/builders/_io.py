@@ -16,9 +16,11 @@ def structure_id(atoms, decimals: int = 4) -> str:
     """A content hash of a structure (species, cell, wrapped fractional positions, rounded to ``decimals``):
     the same crystal written twice gets the same id, so splits by id keep duplicates together."""
     frac = np.round(np.mod(atoms.get_scaled_positions(wrap=False), 1.0), decimals) % 1.0
-    parts = (np.asarray(atoms.numbers, np.int64).tobytes(),
-             np.round(np.asarray(atoms.cell[:], np.float64), decimals).tobytes(),
-             (frac + 0.0).tobytes())  # + 0.0 turns -0.0 into 0.0
+    parts = (
+        np.asarray(atoms.numbers, np.int64).tobytes(),
+        np.round(np.asarray(atoms.cell[:], np.float64), decimals).tobytes(),
+        (frac + 0.0).tobytes(),
+    )  # + 0.0 turns -0.0 into 0.0
     return hashlib.sha1(b"|".join(parts)).hexdigest()[:16]
 
 

@@ -56,8 +56,11 @@ def block_split(count: int, fractions=(0.75, 0.125, 0.125)) -> dict[str, range]:
     """Frame indices of each split: contiguous blocks in file order."""
     num_train = int(round(fractions[0] * count))
     num_val = int(round(fractions[1] * count))
-    return {"train": range(0, num_train), "val": range(num_train, num_train + num_val),
-            "test": range(num_train + num_val, count)}
+    return {
+        "train": range(0, num_train),
+        "val": range(num_train, num_train + num_val),
+        "test": range(num_train + num_val, count),
+    }
 
 
 def build(source: str | os.PathLike, out: str | os.PathLike, fractions=(0.75, 0.125, 0.125)) -> dict:
@@ -66,9 +69,13 @@ def build(source: str | os.PathLike, out: str | os.PathLike, fractions=(0.75, 0.
     splits = block_split(len(frames), fractions)
     for name, indices in splits.items():
         write_frames(os.path.join(out, f"{name}.extxyz"), [frames[k] for k in indices])
-    manifest = {"builder": "mtsim.training.builders.allegro_pol", "source": os.path.basename(source),
-                "source_sha256": file_sha256(source), "frames": len(frames),
-                "splits": {name: [indices.start, indices.stop] for name, indices in splits.items()}}
+    manifest = {
+        "builder": "mtsim.training.builders.allegro_pol",
+        "source": os.path.basename(source),
+        "source_sha256": file_sha256(source),
+        "frames": len(frames),
+        "splits": {name: [indices.start, indices.stop] for name, indices in splits.items()},
+    }
     write_manifest(os.path.join(out, "manifest.json"), manifest)
     return manifest
 

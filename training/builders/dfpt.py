@@ -72,8 +72,9 @@ def source_file(data: str | os.PathLike) -> str:
     return path
 
 
-def convert_frame(atoms: ase.Atoms, index: int, convention: str = SOURCE_CONVENTION,
-                  becs_key: str = "becs", eps_key: str = "eps") -> ase.Atoms:
+def convert_frame(
+    atoms: ase.Atoms, index: int, convention: str = SOURCE_CONVENTION, becs_key: str = "becs", eps_key: str = "eps"
+) -> ase.Atoms:
     """One input frame in the training layout (structure, ``born_charges`` field-first, ``dielectric``)."""
     if becs_key not in atoms.arrays or eps_key not in atoms.info:
         raise ValueError(f"frame {index}: missing {becs_key!r} (per atom) or {eps_key!r} (per structure)")
@@ -94,8 +95,9 @@ def read_dfpt(data: str | os.PathLike, convention: str = SOURCE_CONVENTION) -> l
     return [convert_frame(atoms, k, convention) for k, atoms in enumerate(frames)]
 
 
-def split_groups(keys: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                 seed: int = 0) -> dict[str, list[int]]:
+def split_groups(
+    keys: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[int]]:
     """Indices of ``keys`` per split (``SPLITS``), whole groups of equal keys at a time.
 
     The distinct keys are sorted, then permuted by ``numpy.random.default_rng(seed)``; the first ``round(f_val*G)``
@@ -118,10 +120,16 @@ def split_groups(keys: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.
     return result
 
 
-def build(data: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
-          fractions: Sequence[float] = (0.8, 0.1, 0.1), convention: str = SOURCE_CONVENTION,
-          group: str = "structure", check_against: str | os.PathLike | None = None,
-          quiet: bool = False) -> dict:
+def build(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    seed: int = 0,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    convention: str = SOURCE_CONVENTION,
+    group: str = "structure",
+    check_against: str | os.PathLike | None = None,
+    quiet: bool = False,
+) -> dict:
     """Write ``train/val/test.extxyz`` and ``manifest.json`` into ``out``; return the manifest."""
     path = source_file(data)
     if not quiet:
@@ -137,13 +145,21 @@ def build(data: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
     os.makedirs(out, exist_ok=True)
     manifest = {
         "builder": "mtsim.training.builders.dfpt",
-        "source": {"file": os.path.basename(path), "sha256": file_sha256(path), "frames": len(frames),
-                   "origin": "phonondb_bec_eps (github.com/shiangfang/e3nn-models data/phonon_becs_epsilon.xyz), DFPT"},
-        "labels": {"born_charges": "e, per atom, 9 numbers row-major Z[a,b], a = field, b = displacement "
-                                   "(Z[i,a,b] = dF_ib/dE_a, phonopy's order)",
-                   "dielectric": "eps_inf (electronic), 9 numbers row-major"},
+        "source": {
+            "file": os.path.basename(path),
+            "sha256": file_sha256(path),
+            "frames": len(frames),
+            "origin": "phonondb_bec_eps (github.com/shiangfang/e3nn-models data/phonon_becs_epsilon.xyz), DFPT",
+        },
+        "labels": {
+            "born_charges": "e, per atom, 9 numbers row-major Z[a,b], a = field, b = displacement "
+            "(Z[i,a,b] = dF_ib/dE_a, phonopy's order)",
+            "dielectric": "eps_inf (electronic), 9 numbers row-major",
+        },
         "source_convention": convention,
-        "seed": seed, "fractions": list(fractions), "group_by": group,
+        "seed": seed,
+        "fractions": list(fractions),
+        "group_by": group,
         "note": "the test split is for the final report only: never train on it or use it for model selection",
         "splits": {},
     }
@@ -155,9 +171,12 @@ def build(data: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
         write_frames(os.path.join(out, f"{name}.extxyz"), chosen)
         ids = sorted({a.info["structure_id"] for a in chosen})
         manifest["splits"][name] = {
-            "file": f"{name}.extxyz", "structures": len(chosen), "atoms": int(sum(len(a) for a in chosen)),
+            "file": f"{name}.extxyz",
+            "structures": len(chosen),
+            "atoms": int(sum(len(a) for a in chosen)),
             "elements": sorted({s for a in chosen for s in a.get_chemical_symbols()}),
-            "structure_ids_sha256": list_sha256(ids), "source_indices": [a.info["source_index"] for a in chosen],
+            "structure_ids_sha256": list_sha256(ids),
+            "source_indices": [a.info["source_index"] for a in chosen],
             "structure_ids": ids,
         }
         progress.update(n + 1, force=True)
@@ -178,9 +197,15 @@ def polarization_residuals(frames, key: str = "born_charge") -> dict[str, float]
     """Relative residual of ``P(n) - P(n-1) ~ c * sum_i Zbar_i du_i`` over consecutive frames of a fixed-cell
     trajectory carrying ``polarization`` and per-atom Born charges under ``key``, with the field index first and
     with it second (``Zbar``: mean of the two frames' tensors; ``c`` fitted). The smaller residual tells the order."""
+
     def pol(atoms):
-        return np.asarray(atoms.calc.results["polarization"] if atoms.calc is not None
-                          and "polarization" in atoms.calc.results else atoms.info["polarization"], float)
+        return np.asarray(
+            atoms.calc.results["polarization"]
+            if atoms.calc is not None and "polarization" in atoms.calc.results
+            else atoms.info["polarization"],
+            float,
+        )
+
     cell = frames[0].cell[:]
     preds = {FIELD_FIRST: [], DISPLACEMENT_FIRST: []}
     deltas = []
@@ -196,13 +221,16 @@ def polarization_residuals(frames, key: str = "born_charge") -> dict[str, float]
     for name, pred in preds.items():
         pred = np.array(pred)
         scale = float((pred * deltas).sum() / (pred * pred).sum())
-        result[name] = {"scale": scale,
-                        "relative_residual": float(np.linalg.norm(deltas - scale * pred) / np.linalg.norm(deltas))}
+        result[name] = {
+            "scale": scale,
+            "relative_residual": float(np.linalg.norm(deltas - scale * pred) / np.linalg.norm(deltas)),
+        }
     return result
 
 
 def _environment(atoms, index: int, cutoff: float):
     from ase.neighborlist import neighbor_list
+
     i, j, d = neighbor_list("ijD", atoms, cutoff)
     return d[i == index], atoms.numbers[j[i == index]]
 
@@ -231,8 +259,14 @@ def _align(v1, z1, v2, z2):
     return best
 
 
-def antisymmetric_correlation(frames_a: Sequence[ase.Atoms], born_a: Sequence[np.ndarray], reference: ase.Atoms,
-                              born_ref: np.ndarray, cutoff: float = 3.2, max_cost: float = 1.0) -> float:
+def antisymmetric_correlation(
+    frames_a: Sequence[ase.Atoms],
+    born_a: Sequence[np.ndarray],
+    reference: ase.Atoms,
+    born_ref: np.ndarray,
+    cutoff: float = 3.2,
+    max_cost: float = 1.0,
+) -> float:
     """Correlation of the antisymmetric parts of the Born tensors of ``frames_a`` (aligned atom by atom onto every
     same-species atom of ``reference``) with those of ``reference``: near +1 if both use the same index order, near
     -1 if one is the transpose of the other (the antisymmetric part flips sign under transposition). Pairs whose
@@ -272,17 +306,24 @@ def check_convention(dfpt_path: str | os.PathLike, quartz_path: str | os.PathLik
     born_ref = to_field_first(np.mean([a.arrays["born_charge"] for a in traj], axis=0), ref_order)
     dfpt = ase.io.read(source_file(dfpt_path), index=":", format="extxyz")
     target = reference.get_chemical_formula(mode="hill", empirical=True)
-    quartz = [k for k, a in enumerate(dfpt) if a.get_chemical_formula(mode="hill", empirical=True) == target
-              and len(a) == 9]
+    quartz = [
+        k for k, a in enumerate(dfpt) if a.get_chemical_formula(mode="hill", empirical=True) == target and len(a) == 9
+    ]
     if not quartz:
         raise ValueError(f"no 9-atom {target} (alpha-quartz) frame in {dfpt_path}")
-    corr = antisymmetric_correlation([dfpt[k] for k in quartz],
-                                     [dfpt[k].arrays["becs"].reshape(-1, 3, 3) for k in quartz], reference, born_ref)
+    corr = antisymmetric_correlation(
+        [dfpt[k] for k in quartz], [dfpt[k].arrays["becs"].reshape(-1, 3, 3) for k in quartz], reference, born_ref
+    )
     verdict = FIELD_FIRST if corr > 0 else DISPLACEMENT_FIRST
-    return {"reference": os.path.basename(os.fspath(quartz_path)), "reference_polarization_fit": pol,
-            "reference_order": ref_order, "dfpt_frames_compared": quartz,
-            "antisymmetric_correlation_with_field_first_reference": corr, "dfpt_order": verdict,
-            "agrees_with_SOURCE_CONVENTION": verdict == SOURCE_CONVENTION}
+    return {
+        "reference": os.path.basename(os.fspath(quartz_path)),
+        "reference_polarization_fit": pol,
+        "reference_order": ref_order,
+        "dfpt_frames_compared": quartz,
+        "antisymmetric_correlation_with_field_first_reference": corr,
+        "dfpt_order": verdict,
+        "agrees_with_SOURCE_CONVENTION": verdict == SOURCE_CONVENTION,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,16 +332,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (train/val/test.extxyz, manifest.json)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
-    parser.add_argument("--group", choices=("structure", "formula"), default="structure",
-                        help="split unit: each structure, or all structures of one reduced formula together")
-    parser.add_argument("--convention", choices=(FIELD_FIRST, DISPLACEMENT_FIRST), default=SOURCE_CONVENTION,
-                        help="index order of the input's becs (default: the checked order of the phonondb file)")
-    parser.add_argument("--check-against", default=None, metavar="QUARTZ_XYZ",
-                        help="allegro_pol SiO2_alpha_quartz_201.xyz: re-run the index-order check, record it")
+    parser.add_argument(
+        "--group",
+        choices=("structure", "formula"),
+        default="structure",
+        help="split unit: each structure, or all structures of one reduced formula together",
+    )
+    parser.add_argument(
+        "--convention",
+        choices=(FIELD_FIRST, DISPLACEMENT_FIRST),
+        default=SOURCE_CONVENTION,
+        help="index order of the input's becs (default: the checked order of the phonondb file)",
+    )
+    parser.add_argument(
+        "--check-against",
+        default=None,
+        metavar="QUARTZ_XYZ",
+        help="allegro_pol SiO2_alpha_quartz_201.xyz: re-run the index-order check, record it",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    manifest = build(args.data, args.out, args.seed, args.fractions, args.convention, args.group,
-                     args.check_against, args.quiet)
+    manifest = build(
+        args.data, args.out, args.seed, args.fractions, args.convention, args.group, args.check_against, args.quiet
+    )
     check = manifest.get("convention_check")
     if check is not None and not check["agrees_with_SOURCE_CONVENTION"] and args.convention == SOURCE_CONVENTION:
         print(f"[dfpt] WARNING: the check finds the source order {check['dfpt_order']!r}", file=sys.stderr)

@@ -114,9 +114,16 @@ def make_calculator(atoms: ase.Atoms, settings: DFTSettings, txt=None, kpts: Seq
     magmoms = initial_magmoms(atoms)
     atoms.set_initial_magnetic_moments(magmoms)
     mesh = tuple(kpts) if kpts is not None else kpoint_mesh(atoms, settings.kpoint_density)
-    return GPAW(mode=PW(settings.ecut), xc=settings.xc, kpts={"size": mesh},
-                occupations=FermiDirac(settings.smearing), spinpol=magmoms is not None, maxiter=settings.max_scf,
-                convergence={"energy": settings.energy_tol, "density": settings.density_tol}, txt=txt)
+    return GPAW(
+        mode=PW(settings.ecut),
+        xc=settings.xc,
+        kpts={"size": mesh},
+        occupations=FermiDirac(settings.smearing),
+        spinpol=magmoms is not None,
+        maxiter=settings.max_scf,
+        convergence={"energy": settings.energy_tol, "density": settings.density_tol},
+        txt=txt,
+    )
 
 
 def bader_charges(atoms: ase.Atoms, calc, gridrefinement: int = 2, workdir: str | None = None) -> np.ndarray:
@@ -147,9 +154,11 @@ def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> 
     energy = work.get_potential_energy(force_consistent=True)
     forces = work.get_forces()
     stress = work.get_stress(voigt=False) if work.pbc.all() else None
-    results = {"energy": energy, "forces": forces,
-               "magmoms": np.abs(calc.get_magnetic_moments()) if calc.get_number_of_spins() == 2
-               else np.zeros(len(work))}
+    results = {
+        "energy": energy,
+        "forces": forces,
+        "magmoms": np.abs(calc.get_magnetic_moments()) if calc.get_number_of_spins() == 2 else np.zeros(len(work)),
+    }
     if stress is not None:
         results["stress"] = full_3x3_to_voigt_6_stress(stress)
     out = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
@@ -170,8 +179,13 @@ def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> 
         else:
             out.info["bader_charges_rejected"] = " ".join(f"{q:.4f}" for q in charges)
     out.info.update(settings_info(work, settings))
-    out.info.update({"label_source": SOURCE, "dft_scf_iterations": int(calc.get_number_of_iterations()),
-                     "dft_seconds": round(time.perf_counter() - start, 2)})
+    out.info.update(
+        {
+            "label_source": SOURCE,
+            "dft_scf_iterations": int(calc.get_number_of_iterations()),
+            "dft_seconds": round(time.perf_counter() - start, 2),
+        }
+    )
     out.calc = SinglePointCalculator(out, **results)
     return out
 
@@ -270,9 +284,15 @@ def _append(path: str, text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def run(structures: str | os.PathLike, out: str | os.PathLike, settings: DFTSettings = DFTSettings(),
-        workers: int | None = None, retry_failed: bool = False, limit: int | None = None,
-        quiet: bool = False) -> dict:
+def run(
+    structures: str | os.PathLike,
+    out: str | os.PathLike,
+    settings: DFTSettings = DFTSettings(),
+    workers: int | None = None,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    quiet: bool = False,
+) -> dict:
     """Label every structure of ``structures`` (extxyz) into ``out``; resumable. Returns the manifest."""
     out = os.fspath(out)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
@@ -289,13 +309,18 @@ def run(structures: str | os.PathLike, out: str | os.PathLike, settings: DFTSett
     workers = workers or os.cpu_count() or 1
     counts = {"done": 0, "failed": 0}
     start, seconds = time.perf_counter(), []
-    _say(quiet, f"[dft] {len(frames)} structures: {len(done)} labelled, {len(failed)} failed before; "
-                f"{len(todo)} to run on {workers} worker(s)")
+    _say(
+        quiet,
+        f"[dft] {len(frames)} structures: {len(done)} labelled, {len(failed)} failed before; "
+        f"{len(todo)} to run on {workers} worker(s)",
+    )
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
     try:
-        futures = {pool.submit(_task, atoms, settings, os.path.join(out, "logs", atoms.info["structure_id"] + ".txt")):
-                   atoms for atoms in todo}
+        futures = {
+            pool.submit(_task, atoms, settings, os.path.join(out, "logs", atoms.info["structure_id"] + ".txt")): atoms
+            for atoms in todo
+        }
         for future in concurrent.futures.as_completed(futures):
             atoms = futures[future]
             key = atoms.info["structure_id"]
@@ -304,16 +329,22 @@ def run(structures: str | os.PathLike, out: str | os.PathLike, settings: DFTSett
                 _append(labelled_path, payload)
                 seconds.append(float(ase.io.read(io.StringIO(payload), format="extxyz").info["dft_seconds"]))
             else:
-                _append(failed_path, json.dumps({"structure_id": key, "formula": atoms.get_chemical_formula(),
-                                                 "reason": payload}) + "\n")
+                _append(
+                    failed_path,
+                    json.dumps({"structure_id": key, "formula": atoms.get_chemical_formula(), "reason": payload})
+                    + "\n",
+                )
             counts[status] += 1
             finished = counts["done"] + counts["failed"]
             elapsed = time.perf_counter() - start
             eta = elapsed / finished * (len(todo) - finished)
-            _say(quiet, f"[dft] {status} {atoms.get_chemical_formula():<14} done {counts['done']} failed "
-                        f"{counts['failed']} left {len(todo) - finished}  "
-                        f"{np.mean(seconds) if seconds else float('nan'):.0f} s/structure  "
-                        f"elapsed {elapsed / 60:.1f} min  ETA {eta / 60:.0f} min")
+            _say(
+                quiet,
+                f"[dft] {status} {atoms.get_chemical_formula():<14} done {counts['done']} failed "
+                f"{counts['failed']} left {len(todo) - finished}  "
+                f"{np.mean(seconds) if seconds else float('nan'):.0f} s/structure  "
+                f"elapsed {elapsed / 60:.1f} min  ETA {eta / 60:.0f} min",
+            )
     except KeyboardInterrupt:
         _say(quiet, "[dft] interrupted: what finished is written; a rerun resumes")
         pool.shutdown(wait=False, cancel_futures=True)
@@ -350,21 +381,28 @@ def write_run_manifest(structures, out: str, settings: DFTSettings, labelled: st
     failures = {k: v for k, v in failures.items() if k not in {structure_id(a) for a in labelled}}
     residuals = [abs(a.info["charge_residual"]) for a in labelled if "charge_residual" in a.info]
     manifest = {
-        "builder": "mtsim.training.builders.dft", "label_source": SOURCE,
+        "builder": "mtsim.training.builders.dft",
+        "label_source": SOURCE,
         "versions": {p: _version(p) for p in ("gpaw", "gpaw-data", "baderkit", "ase", "numpy", "mtsim")}
         | {"python": platform.python_version()},
         "settings": dataclasses.asdict(settings),
         "input": {"file": os.path.basename(os.fspath(structures)), "sha256": file_sha256(structures)},
-        "counts": {"labelled": len(labelled), "failed": len(failures),
-                   "atoms": int(sum(len(a) for a in labelled)),
-                   "with_charges": sum("charges" in (a.calc.results if a.calc else {}) for a in labelled),
-                   "spin_polarised": sum(bool(a.info.get("dft_spin_polarised")) for a in labelled)},
+        "counts": {
+            "labelled": len(labelled),
+            "failed": len(failures),
+            "atoms": int(sum(len(a) for a in labelled)),
+            "with_charges": sum("charges" in (a.calc.results if a.calc else {}) for a in labelled),
+            "spin_polarised": sum(bool(a.info.get("dft_spin_polarised")) for a in labelled),
+        },
         "cpu_hours": round(sum(float(a.info.get("dft_seconds", 0.0)) for a in labelled) / 3600, 3),
-        "charge_residual_abs": {"max": max(residuals, default=None),
-                                "mean": float(np.mean(residuals)) if residuals else None},
+        "charge_residual_abs": {
+            "max": max(residuals, default=None),
+            "mean": float(np.mean(residuals)) if residuals else None,
+        },
         "failures": failures,
-        "outputs": {os.path.basename(p): file_sha256(p)
-                    for p in (labelled_path, os.path.join(out, FAILED)) if os.path.exists(p)},
+        "outputs": {
+            os.path.basename(p): file_sha256(p) for p in (labelled_path, os.path.join(out, FAILED)) if os.path.exists(p)
+        },
     }
     write_manifest(os.path.join(out, MANIFEST), manifest)
     return manifest
@@ -402,8 +440,9 @@ def energy_offsets(source: Sequence[ase.Atoms], target: Sequence[ase.Atoms]) -> 
     pairs = [(a, by_id[a.info["structure_id"]]) for a in source if a.info.get("structure_id") in by_id]
     elements = {s for a in source for s in a.get_chemical_symbols()}
     if pairs and {s for a, _ in pairs for s in a.get_chemical_symbols()} >= elements:
-        return fit_element_energies([a for a, _ in pairs],
-                                    [a.get_potential_energy() - b.get_potential_energy() for a, b in pairs])
+        return fit_element_energies(
+            [a for a, _ in pairs], [a.get_potential_energy() - b.get_potential_energy() for a, b in pairs]
+        )
     mu_source = fit_element_energies(source, [a.get_potential_energy() for a in source])
     mu_target = fit_element_energies(target, [a.get_potential_energy() for a in target])
     return {s: mu_source[s] - mu_target[s] for s in mu_source if s in mu_target}
@@ -433,8 +472,14 @@ def align_energies(frames: Iterable[ase.Atoms], offsets: dict[str, float]) -> li
 # The project's structure set
 
 
-def structure_set(phonondb: str | os.PathLike, dfpt_manifest: str | os.PathLike | None = None, seed: int = 0,
-                  samples_per_crystal: int = 2, max_primitive_atoms: int = 10, max_atoms: int = 16) -> list[ase.Atoms]:
+def structure_set(
+    phonondb: str | os.PathLike,
+    dfpt_manifest: str | os.PathLike | None = None,
+    seed: int = 0,
+    samples_per_crystal: int = 2,
+    max_primitive_atoms: int = 10,
+    max_atoms: int = 16,
+) -> list[ase.Atoms]:
     """The structures of the GPAW data set (see ``data/gpaw/README.md``), case studies first, then the phonondb
     crystals; each with ``info["category"]``, ``["base"]`` and ``["structure_id"]``. Deterministic in ``seed``."""
     from mtsim.training.builders import dft_structures
@@ -457,8 +502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab.add_argument("--limit", type=int, default=None, help="label at most this many structures in this run")
     for field in dataclasses.fields(DFTSettings):
         if field.type in ("float", "int"):
-            lab.add_argument(f"--{field.name.replace('_', '-')}", type=float if field.type == "float" else int,
-                             default=field.default, help=f"default {field.default}")
+            lab.add_argument(
+                f"--{field.name.replace('_', '-')}",
+                type=float if field.type == "float" else int,
+                default=field.default,
+                help=f"default {field.default}",
+            )
     lab.add_argument("--no-bader", action="store_true", help="skip the Bader charges")
     lab.add_argument("--quiet", action="store_true")
     st = commands.add_parser("structures", help="write the structure set of the project's GPAW data set")
@@ -497,9 +546,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         aligned = align_energies(other, offsets)
         ase.io.write(args.out, aligned, format="extxyz")
         with open(args.out + ".offsets.json", "w") as handle:
-            json.dump({"offsets_eV_per_atom": offsets, "target": SOURCE,
-                       "unaligned_frames": sum(bool(a.info.get("energy_unaligned")) for a in aligned)}, handle,
-                      indent=1)
+            json.dump(
+                {
+                    "offsets_eV_per_atom": offsets,
+                    "target": SOURCE,
+                    "unaligned_frames": sum(bool(a.info.get("energy_unaligned")) for a in aligned),
+                },
+                handle,
+                indent=1,
+            )
         print(f"[dft] aligned {len(aligned)} frames onto {SOURCE}: {len(offsets)} element offsets", file=sys.stderr)
     return 0
 

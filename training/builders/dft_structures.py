@@ -29,8 +29,13 @@ from ase.build import bulk
 from mtsim.training.builders._io import structure_id
 from mtsim.training.builders.dfpt import split_groups
 
-LATTICE = {"Si": ("diamond", 5.47), "SiC": ("zincblende", 4.38), "MgO": ("rocksalt", 4.25),
-           "NaCl": ("rocksalt", 5.70), "GaN": ("zincblende", 4.55)}
+LATTICE = {
+    "Si": ("diamond", 5.47),
+    "SiC": ("zincblende", 4.38),
+    "MgO": ("rocksalt", 4.25),
+    "NaCl": ("rocksalt", 5.70),
+    "GaN": ("zincblende", 4.55),
+}
 """Å. PBE-like lattice constants of the reference crystals."""
 SPLITS = ("train", "val", "test")
 
@@ -95,15 +100,21 @@ def mgo(rng) -> list[ase.Atoms]:
     return frames
 
 
-PHASES = {"cubic": (np.zeros(3), (1.0, 1.0, 1.0)),
-          "tetragonal": (np.array([0, 0, 1.0]), (1.0, 1.0, 1.01)),
-          "orthorhombic": (np.array([0, 1.0, 1.0]) / np.sqrt(2), (1.0, 1.005, 1.005)),
-          "rhombohedral": (np.ones(3) / np.sqrt(3), (1.0, 1.0, 1.0))}
+PHASES = {
+    "cubic": (np.zeros(3), (1.0, 1.0, 1.0)),
+    "tetragonal": (np.array([0, 0, 1.0]), (1.0, 1.0, 1.01)),
+    "orthorhombic": (np.array([0, 1.0, 1.0]) / np.sqrt(2), (1.0, 1.005, 1.005)),
+    "rhombohedral": (np.ones(3) / np.sqrt(3), (1.0, 1.0, 1.0)),
+}
 
 
 def perovskite(a: float = 4.0) -> ase.Atoms:
-    return ase.Atoms("BaTiO3", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5),
-                                                 (0, 0.5, 0.5)], cell=np.eye(3) * a, pbc=True)
+    return ase.Atoms(
+        "BaTiO3",
+        scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)],
+        cell=np.eye(3) * a,
+        pbc=True,
+    )
 
 
 def batio3(rng) -> list[ase.Atoms]:
@@ -114,8 +125,8 @@ def batio3(rng) -> list[ase.Atoms]:
         atoms = perovskite(rng.uniform(3.96, 4.06))
         atoms.set_cell(atoms.cell[:] * np.array(stretch)[:, None], scale_atoms=True)
         shift = rng.uniform(0.04, 0.16) * direction
-        atoms.positions[1] += shift          # Ti
-        atoms.positions[2:] -= 0.5 * shift   # O against it
+        atoms.positions[1] += shift  # Ti
+        atoms.positions[2:] -= 0.5 * shift  # O against it
         if k % 5 == 4:
             atoms = atoms.repeat((1, 1, 2))
         frames.append(_tag(rattled(atoms, rng, 0.01, 0.06), "batio3", f"BaTiO3:{phase}"))
@@ -125,15 +136,24 @@ def batio3(rng) -> list[ase.Atoms]:
 def lah10(a: float) -> ase.Atoms:
     x = 0.12
     basis = [(0, 0, 0), (0.25, 0.25, 0.25), (0.75, 0.75, 0.75)]
-    basis += [tuple(p) for p in np.array([[x, x, x], [-x, -x, x], [-x, x, -x], [x, -x, -x],
-                                          [-x, -x, -x], [x, x, -x], [x, -x, x], [-x, x, x]]) % 1.0]
+    basis += [
+        tuple(p)
+        for p in np.array(
+            [[x, x, x], [-x, -x, x], [-x, x, -x], [x, -x, -x], [-x, -x, -x], [x, x, -x], [x, -x, x], [-x, x, x]]
+        )
+        % 1.0
+    ]
     conventional = ase.Atoms("LaH10", scaled_positions=basis, cell=np.eye(3) * a, pbc=True)
     return _primitive_fcc(conventional, a)
 
 
 def lah3(a: float) -> ase.Atoms:
-    conventional = ase.Atoms("LaH3", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
-                                                       (0.75, 0.75, 0.75)], cell=np.eye(3) * a, pbc=True)
+    conventional = ase.Atoms(
+        "LaH3",
+        scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (0.75, 0.75, 0.75)],
+        cell=np.eye(3) * a,
+        pbc=True,
+    )
     return _primitive_fcc(conventional, a)
 
 
@@ -182,12 +202,16 @@ def limno(rng) -> list[ase.Atoms]:
     return frames
 
 
-def phonondb(path: str | os.PathLike, dfpt_manifest, rng, samples: int, max_primitive_atoms: int,
-             max_atoms: int) -> list[ase.Atoms]:
+def phonondb(
+    path: str | os.PathLike, dfpt_manifest, rng, samples: int, max_primitive_atoms: int, max_atoms: int
+) -> list[ase.Atoms]:
     from mtsim.training.builders.structures import base_structures
 
-    bases = [a for a in base_structures(path, dfpt_manifest, elements=(), num_binaries=0)
-             if len(a) <= min(max_primitive_atoms, max_atoms)]
+    bases = [
+        a
+        for a in base_structures(path, dfpt_manifest, elements=(), num_binaries=0)
+        if len(a) <= min(max_primitive_atoms, max_atoms)
+    ]
     frames = []
     for atoms in bases:
         for _ in range(samples):
@@ -196,14 +220,26 @@ def phonondb(path: str | os.PathLike, dfpt_manifest, rng, samples: int, max_prim
     return [frames[k] for k in order]
 
 
-def build(phonondb_path, dfpt_manifest=None, seed: int = 0, samples_per_crystal: int = 2,
-          max_primitive_atoms: int = 10, max_atoms: int = 16) -> list[ase.Atoms]:
+def build(
+    phonondb_path,
+    dfpt_manifest=None,
+    seed: int = 0,
+    samples_per_crystal: int = 2,
+    max_primitive_atoms: int = 10,
+    max_atoms: int = 16,
+) -> list[ase.Atoms]:
     """Every structure of the set, in labelling order, tagged and split."""
     frames = []
     for k, make in enumerate((reference, sic, mgo, batio3, lah, limno)):
         frames += make(np.random.default_rng([seed, k]))
-    frames += phonondb(phonondb_path, dfpt_manifest, np.random.default_rng([seed, 99]), samples_per_crystal,
-                       max_primitive_atoms, max_atoms)
+    frames += phonondb(
+        phonondb_path,
+        dfpt_manifest,
+        np.random.default_rng([seed, 99]),
+        samples_per_crystal,
+        max_primitive_atoms,
+        max_atoms,
+    )
     if any(len(a) > max_atoms for a in frames):
         raise ValueError(f"a structure of the set has more than {max_atoms} atoms")
     for atoms in frames:

@@ -51,8 +51,9 @@ from mtsim.training.builders._io import Progress, structure_id, write_frames, wr
 
 NOBLE_GASES = {2, 10, 18, 36, 54, 86}
 MOLECULAR = {"H", "N", "O", "F", "Cl"}
-ELEMENTS = tuple(chemical_symbols[z] for z in range(1, 84)
-                 if z not in NOBLE_GASES and chemical_symbols[z] not in MOLECULAR)
+ELEMENTS = tuple(
+    chemical_symbols[z] for z in range(1, 84) if z not in NOBLE_GASES and chemical_symbols[z] not in MOLECULAR
+)
 ANIONS = ("B", "C", "N", "O", "F", "P", "S", "Cl", "As", "Se", "Br", "Sb", "Te", "I", "H")
 NONMETALS = {"H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "As", "Se", "Br", "Te", "I", "At", "Ge", "Sb"}
 ELEMENT_LATTICES = ("fcc", "bcc", "hcp", "diamond", "sc")
@@ -104,13 +105,19 @@ def binary_prototype(cation: str, anion: str, lattice: str) -> ase.Atoms:
     raise ValueError(f"unknown binary lattice {lattice!r}")
 
 
-def base_structures(phonondb: str | os.PathLike | None = None, dfpt_manifest: str | os.PathLike | None = None,
-                    elements: Sequence[str] = ELEMENTS, element_lattices: Sequence[str] = ELEMENT_LATTICES,
-                    num_binaries: int = 60, seed: int = 0) -> list[ase.Atoms]:
+def base_structures(
+    phonondb: str | os.PathLike | None = None,
+    dfpt_manifest: str | os.PathLike | None = None,
+    elements: Sequence[str] = ELEMENTS,
+    element_lattices: Sequence[str] = ELEMENT_LATTICES,
+    num_binaries: int = 60,
+    seed: int = 0,
+) -> list[ase.Atoms]:
     """The base structures, each with ``atoms.info["base"]`` (a name) and ``["structure_id"]``."""
     bases = []
     if phonondb is not None:
         from mtsim.training.builders.dfpt import read_dfpt
+
         frames = read_dfpt(phonondb)
         if dfpt_manifest is not None:
             with open(dfpt_manifest) as handle:
@@ -160,8 +167,9 @@ def min_distance_ok(atoms: ase.Atoms, min_distance: float = MIN_DISTANCE, radius
     i, j, d = neighbor_list("ijd", atoms, cutoff)
     if len(d) == 0:
         return True
-    limit = np.maximum(min_distance, radius_fraction * (covalent_radii[atoms.numbers[i]]
-                                                         + covalent_radii[atoms.numbers[j]]))
+    limit = np.maximum(
+        min_distance, radius_fraction * (covalent_radii[atoms.numbers[i]] + covalent_radii[atoms.numbers[j]])
+    )
     return bool((d >= limit).all())
 
 
@@ -190,8 +198,9 @@ def rattle(atoms: ase.Atoms, sigma: float, rng: np.random.Generator) -> ase.Atom
     return out
 
 
-def sample(base: ase.Atoms, kind: str, rng: np.random.Generator, min_atoms: int = 8, calculator=None,
-           md_steps: int = 0) -> ase.Atoms:
+def sample(
+    base: ase.Atoms, kind: str, rng: np.random.Generator, min_atoms: int = 8, calculator=None, md_steps: int = 0
+) -> ase.Atoms:
     """One off-equilibrium sample of ``base`` (see the module docstring)."""
     atoms = supercell(base, min_atoms)
     strain, sigma = np.zeros((3, 3)), 0.0
@@ -212,10 +221,15 @@ def sample(base: ase.Atoms, kind: str, rng: np.random.Generator, min_atoms: int 
     else:
         raise ValueError(f"unknown sample kind {kind!r}; kinds are {KINDS}")
     temperature = out.info.get("md_temperature")
-    out.info = {"base": base.info.get("base", ""), "category": base.info.get("category", "other"),
-                "base_id": base.info.get("structure_id", structure_id(base)), "kind": kind,
-                "strain": strain.reshape(9), "rattle": float(sigma),
-                "volume_ratio": float(out.get_volume() / atoms.get_volume())}
+    out.info = {
+        "base": base.info.get("base", ""),
+        "category": base.info.get("category", "other"),
+        "base_id": base.info.get("structure_id", structure_id(base)),
+        "kind": kind,
+        "strain": strain.reshape(9),
+        "rattle": float(sigma),
+        "volume_ratio": float(out.get_volume() / atoms.get_volume()),
+    }
     if temperature is not None:
         out.info["md_temperature"] = float(temperature)
     return out
@@ -225,6 +239,7 @@ def teacher_md(atoms: ase.Atoms, calculator, temperature: float, steps: int, see
     """Last frame of a short Langevin run (1 fs steps, friction 0.02/fs) of ``atoms`` with ``calculator``."""
     from ase import units
     from ase.md.langevin import Langevin
+
     try:
         from ase.md.velocitydistribution import thermalize_momenta
     except ImportError:  # ase < 3.26
@@ -241,9 +256,18 @@ def teacher_md(atoms: ase.Atoms, calculator, temperature: float, steps: int, see
     return out
 
 
-def generate(bases: Sequence[ase.Atoms], num_samples: int, seed: int = 0, weights: dict | None = None,
-             min_atoms: int = 8, calculator=None, md_steps: int = 0, max_tries: int = 20,
-             mix: dict | None = None, quiet: bool = True) -> list[ase.Atoms]:
+def generate(
+    bases: Sequence[ase.Atoms],
+    num_samples: int,
+    seed: int = 0,
+    weights: dict | None = None,
+    min_atoms: int = 8,
+    calculator=None,
+    md_steps: int = 0,
+    max_tries: int = 20,
+    mix: dict | None = None,
+    quiet: bool = True,
+) -> list[ase.Atoms]:
     """``num_samples`` samples: sample k uses ``default_rng([seed, k])`` to pick a category of base structures
     (by ``mix``, default ``DEFAULT_MIX``; bases without ``info["category"]`` count as ``"other"``, weight 1), a
     base of it (uniformly) and a kind (by ``weights``, default ``DEFAULT_WEIGHTS``; ``md`` only with a calculator
@@ -301,27 +325,45 @@ def parse_weights(items: Sequence[str], names: Sequence[str], option: str) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mtsim.training.builders.structures",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mtsim.training.builders.structures", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--data", default=None, help="phonondb_bec_eps folder or file (optional: its crystals)")
-    parser.add_argument("--dfpt-manifest", default=None,
-                        help="manifest.json of the DFPT builder: use only the crystals of its train split")
+    parser.add_argument(
+        "--dfpt-manifest",
+        default=None,
+        help="manifest.json of the DFPT builder: use only the crystals of its train split",
+    )
     parser.add_argument("--out", required=True, help="output extxyz (a .manifest.json is written beside it)")
     parser.add_argument("--size", type=int, default=200, help="number of samples (default 200)")
     parser.add_argument("--binaries", type=int, default=60, help="number of binary prototypes drawn (default 60)")
     default_mix = " ".join(f"{k}={v}" for k, v in DEFAULT_MIX.items())
-    parser.add_argument("--mix", nargs="*", default=None, metavar="CATEGORY=WEIGHT",
-                        help="how often each category of base structure is drawn, e.g. phonondb=0.25 element=0.25 "
-                             f"binary=0.5; categories not named are not drawn (default: {default_mix})")
+    parser.add_argument(
+        "--mix",
+        nargs="*",
+        default=None,
+        metavar="CATEGORY=WEIGHT",
+        help="how often each category of base structure is drawn, e.g. phonondb=0.25 element=0.25 "
+        f"binary=0.5; categories not named are not drawn (default: {default_mix})",
+    )
     default_kinds = " ".join(f"{k}={v}" for k, v in DEFAULT_WEIGHTS.items() if k != "md")
-    parser.add_argument("--kinds", nargs="*", default=None, metavar="KIND=WEIGHT",
-                        help="how often each sample kind is drawn, e.g. rattle=0.2 strain=0.4 compress=0.4; kinds "
-                             f"not named are not drawn ('md' is set by --md-weight; default: {default_kinds})")
+    parser.add_argument(
+        "--kinds",
+        nargs="*",
+        default=None,
+        metavar="KIND=WEIGHT",
+        help="how often each sample kind is drawn, e.g. rattle=0.2 strain=0.4 compress=0.4; kinds "
+        f"not named are not drawn ('md' is set by --md-weight; default: {default_kinds})",
+    )
     parser.add_argument("--elements", nargs="*", default=None, help="element symbols (default: Z 1-83, no noble gases)")
     parser.add_argument("--min-atoms", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--md-steps", type=int, default=0,
-                        help="teacher MD steps per 'md' sample (0: no MD; > 0 needs the teacher extra)")
+    parser.add_argument(
+        "--md-steps",
+        type=int,
+        default=0,
+        help="teacher MD steps per 'md' sample (0: no MD; > 0 needs the teacher extra)",
+    )
     parser.add_argument("--md-weight", type=float, default=0.15, help="fraction of 'md' samples when --md-steps > 0")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -333,23 +375,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     weights = parse_weights(args.kinds, drawn_kinds, "--kinds") if args.kinds else dict(DEFAULT_WEIGHTS)
     if args.md_steps > 0:
         from mtsim.training.builders.teacher import teacher_calculator
+
         calculator = teacher_calculator()
         weights["md"] = args.md_weight
     if not args.quiet:
         print(f"[structures] {len(bases)} base structures", file=sys.stderr, flush=True)
-    frames = generate(bases, args.size, args.seed, weights, args.min_atoms, calculator, args.md_steps,
-                      mix=mix, quiet=args.quiet)
+    frames = generate(
+        bases, args.size, args.seed, weights, args.min_atoms, calculator, args.md_steps, mix=mix, quiet=args.quiet
+    )
     write_frames(args.out, frames)
     kinds = {k: sum(a.info["kind"] == k for a in frames) for k in KINDS}
-    write_manifest(os.path.splitext(args.out)[0] + ".manifest.json", {
-        "builder": "mtsim.training.builders.structures", "seed": args.seed, "size": args.size,
-        "written": len(frames), "kinds": kinds, "bases": len(bases), "binaries": args.binaries,
-        "mix": mix or DEFAULT_MIX, "kind_weights": {k: v for k, v in weights.items() if v > 0},
-        "phonondb": os.path.basename(os.fspath(args.data)) if args.data else None,
-        "dfpt_train_only": args.dfpt_manifest is not None, "md_steps": args.md_steps,
-        "atoms": int(sum(len(a) for a in frames)), "max_atoms": max((len(a) for a in frames), default=0),
-        "strain_range": STRAIN_RANGE, "volume_range": VOLUME_RANGE, "rattle_range": RATTLE_RANGE,
-    })
+    write_manifest(
+        os.path.splitext(args.out)[0] + ".manifest.json",
+        {
+            "builder": "mtsim.training.builders.structures",
+            "seed": args.seed,
+            "size": args.size,
+            "written": len(frames),
+            "kinds": kinds,
+            "bases": len(bases),
+            "binaries": args.binaries,
+            "mix": mix or DEFAULT_MIX,
+            "kind_weights": {k: v for k, v in weights.items() if v > 0},
+            "phonondb": os.path.basename(os.fspath(args.data)) if args.data else None,
+            "dfpt_train_only": args.dfpt_manifest is not None,
+            "md_steps": args.md_steps,
+            "atoms": int(sum(len(a) for a in frames)),
+            "max_atoms": max((len(a) for a in frames), default=0),
+            "strain_range": STRAIN_RANGE,
+            "volume_range": VOLUME_RANGE,
+            "rattle_range": RATTLE_RANGE,
+        },
+    )
     if not args.quiet:
         print(f"[structures] wrote {len(frames)} structures to {args.out} ({kinds})", file=sys.stderr, flush=True)
     return 0

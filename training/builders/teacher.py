@@ -59,8 +59,8 @@ def _import_chgnet():
         from chgnet.model import CHGNet
     except ImportError as err:
         raise TeacherUnavailable(
-            "the CHGNet teacher needs the 'teacher' extra: pip install 'mtsim[teacher]' "
-            f"(import failed: {err})") from err
+            f"the CHGNet teacher needs the 'teacher' extra: pip install 'mtsim[teacher]' (import failed: {err})"
+        ) from err
     return chgnet, CHGNet
 
 
@@ -76,8 +76,10 @@ def load_teacher(device: str = "cpu", check_weights: bool = True):
     if check_weights:
         path = weights_path()
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"CHGNet 0.3.0 weights missing at {path} (chgnet 0.3.0 wheels ship none; "
-                                    "install the teacher extra, chgnet 0.3.8)")
+            raise FileNotFoundError(
+                f"CHGNet 0.3.0 weights missing at {path} (chgnet 0.3.0 wheels ship none; "
+                "install the teacher extra, chgnet 0.3.8)"
+            )
         digest = file_sha256(path)
         if digest != WEIGHTS_SHA256:
             raise RuntimeError(f"unexpected CHGNet 0.3.0 weights {path}: sha256 {digest}, expected {WEIGHTS_SHA256}")
@@ -90,25 +92,31 @@ def teacher_calculator(model=None, device: str = "cpu"):
     """CHGNet's own ASE calculator around ``model`` (default: ``load_teacher``), e.g. for teacher MD."""
     _import_chgnet()
     from chgnet.model.dynamics import CHGNetCalculator
-    return CHGNetCalculator(model if model is not None else load_teacher(device), use_device=device,
-                            check_cuda_mem=False)
+
+    return CHGNetCalculator(
+        model if model is not None else load_teacher(device), use_device=device, check_cuda_mem=False
+    )
 
 
 def convert_prediction(prediction: dict, num_atoms: int) -> dict[str, np.ndarray]:
     """One structure's CHGNet prediction (``e`` eV/atom, ``f`` eV/Å, ``s`` GPa, ``m`` μB) as labels in the training
     units: energy eV (total), forces eV/Å, stress [3,3] eV/Å^3 (ASE sign), magmoms μB (absolute values)."""
+
     def array(value):
         value = value.detach().cpu().numpy() if hasattr(value, "detach") else value
         return np.asarray(value, dtype=np.float64)
 
-    return {"energy": float(array(prediction["e"]).reshape(())) * num_atoms,
-            "forces": array(prediction["f"]).reshape(num_atoms, 3),
-            "stress": array(prediction["s"]).reshape(3, 3) / CHGNET_GPA,
-            "magmoms": array(prediction["m"]).reshape(num_atoms)}
+    return {
+        "energy": float(array(prediction["e"]).reshape(())) * num_atoms,
+        "forces": array(prediction["f"]).reshape(num_atoms, 3),
+        "stress": array(prediction["s"]).reshape(3, 3) / CHGNET_GPA,
+        "magmoms": array(prediction["m"]).reshape(num_atoms),
+    }
 
 
-def predict(frames: Sequence[ase.Atoms], model=None, batch_size: int = 16,
-            quiet: bool = True) -> list[dict[str, np.ndarray] | None]:
+def predict(
+    frames: Sequence[ase.Atoms], model=None, batch_size: int = 16, quiet: bool = True
+) -> list[dict[str, np.ndarray] | None]:
     """Teacher labels (``convert_prediction``) for every structure; ``None`` where CHGNet fails on one (e.g. an
     atom without neighbours within its cutoff), with a warning."""
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -117,7 +125,7 @@ def predict(frames: Sequence[ase.Atoms], model=None, batch_size: int = 16,
     results: list[dict[str, np.ndarray] | None] = []
     progress = Progress("teacher", len(frames), quiet=quiet)
     for start in range(0, len(frames), batch_size):
-        chunk = frames[start:start + batch_size]
+        chunk = frames[start : start + batch_size]
         structures = [AseAtomsAdaptor.get_structure(_plain(atoms)) for atoms in chunk]
         try:
             predictions = model.predict_structure(structures, task="efsm", batch_size=batch_size)
@@ -127,8 +135,11 @@ def predict(frames: Sequence[ase.Atoms], model=None, batch_size: int = 16,
                 try:
                     predictions.append(model.predict_structure(structure, task="efsm"))
                 except Exception as err:  # noqa: BLE001
-                    print(f"[teacher] structure {start + k}: CHGNet failed ({err}); left unlabelled",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"[teacher] structure {start + k}: CHGNet failed ({err}); left unlabelled",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     predictions.append(None)
         if isinstance(predictions, dict):
             predictions = [predictions]
@@ -158,16 +169,21 @@ def label(frames: Sequence[ase.Atoms], model=None, batch_size: int = 16, quiet: 
                 out.arrays[key] = value.copy()
         out.info["label_source"] = PROVENANCE
         out.info["teacher"] = TEACHER
-        out.calc = SinglePointCalculator(out, energy=labels["energy"], forces=labels["forces"],
-                                         stress=full_3x3_to_voigt_6_stress(labels["stress"]),
-                                         magmoms=labels["magmoms"])
+        out.calc = SinglePointCalculator(
+            out,
+            energy=labels["energy"],
+            forces=labels["forces"],
+            stress=full_3x3_to_voigt_6_stress(labels["stress"]),
+            magmoms=labels["magmoms"],
+        )
         labelled.append(out)
     return labelled
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mtsim.training.builders.teacher",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mtsim.training.builders.teacher", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--data", required=True, help="structures to label (extxyz or any ASE-readable file)")
     parser.add_argument("--out", required=True, help="labelled extxyz (a .manifest.json is written beside it)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -176,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     frames = ase.io.read(args.data, index=":")
-    frames = frames[:args.limit] if args.limit else frames
+    frames = frames[: args.limit] if args.limit else frames
     start = time.perf_counter()
     model = load_teacher(args.device)
     loaded = time.perf_counter()
@@ -184,21 +200,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = time.perf_counter()
     write_frames(args.out, labelled)
     import chgnet
-    write_manifest(os.path.splitext(args.out)[0] + ".manifest.json", {
-        "builder": "mtsim.training.builders.teacher", "label_source": PROVENANCE, "teacher": TEACHER,
-        "chgnet_package": getattr(chgnet, "__version__", "unknown"), "weights_sha256": WEIGHTS_SHA256,
-        "input": os.path.basename(args.data), "structures": len(frames), "labelled": len(labelled),
-        "atoms": int(sum(len(a) for a in labelled)),
-        "units": {"energy": "eV (total; MPtrj energies carry MP2020 corrections)", "forces": "eV/Å",
-                  "stress": "eV/Å^3, ASE sign (positive = tensile), Voigt xx yy zz yz xz xy",
-                  "magmoms": "μB, absolute values (CHGNet predicts |m|)"},
-        "charges": "not labelled: no open Bader data offline; the charges head stays untrained",
-        "seconds_load": loaded - start, "seconds_label": done - loaded,
-        "seconds_per_structure": (done - loaded) / max(len(frames), 1), "device": args.device,
-    })
+
+    write_manifest(
+        os.path.splitext(args.out)[0] + ".manifest.json",
+        {
+            "builder": "mtsim.training.builders.teacher",
+            "label_source": PROVENANCE,
+            "teacher": TEACHER,
+            "chgnet_package": getattr(chgnet, "__version__", "unknown"),
+            "weights_sha256": WEIGHTS_SHA256,
+            "input": os.path.basename(args.data),
+            "structures": len(frames),
+            "labelled": len(labelled),
+            "atoms": int(sum(len(a) for a in labelled)),
+            "units": {
+                "energy": "eV (total; MPtrj energies carry MP2020 corrections)",
+                "forces": "eV/Å",
+                "stress": "eV/Å^3, ASE sign (positive = tensile), Voigt xx yy zz yz xz xy",
+                "magmoms": "μB, absolute values (CHGNet predicts |m|)",
+            },
+            "charges": "not labelled: no open Bader data offline; the charges head stays untrained",
+            "seconds_load": loaded - start,
+            "seconds_label": done - loaded,
+            "seconds_per_structure": (done - loaded) / max(len(frames), 1),
+            "device": args.device,
+        },
+    )
     if not args.quiet:
-        print(f"[teacher] labelled {len(labelled)}/{len(frames)} in {done - loaded:.1f} s "
-              f"({(done - loaded) / max(len(frames), 1):.3f} s/structure) -> {args.out}", file=sys.stderr)
+        print(
+            f"[teacher] labelled {len(labelled)}/{len(frames)} in {done - loaded:.1f} s "
+            f"({(done - loaded) / max(len(frames), 1):.3f} s/structure) -> {args.out}",
+            file=sys.stderr,
+        )
     return 0
 
 

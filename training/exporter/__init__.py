@@ -39,6 +39,16 @@ from mtsim.training.exporter.passes import PASSES, GraphPass, GraphPassError
 from mtsim.training.exporter.tracing import example_inputs, trace
 
 __all__ = [
-    "IR_VERSION", "OPSET", "PASSES", "ExportError", "GraphPass", "GraphPassError", "check_graph", "example_inputs",
-    "export", "export_metadata", "trace", "untrained_outputs",
+    "IR_VERSION",
+    "OPSET",
+    "PASSES",
+    "ExportError",
+    "GraphPass",
+    "GraphPassError",
+    "check_graph",
+    "example_inputs",
+    "export",
+    "export_metadata",
+    "trace",
+    "untrained_outputs",
 ]

@@ -37,8 +37,9 @@ def check_graph(model, precision: str | None = None) -> None:
     problems = []
     for node in _all_nodes(model):
         if node.op_type == "ScatterND":
-            reduction = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "reduction"),
-                             b"none")
+            reduction = next(
+                (onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "reduction"), b"none"
+            )
             reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
             if reduction != "none":
                 problems.append(
@@ -64,8 +65,10 @@ def check_graph(model, precision: str | None = None) -> None:
                 continue
             for got, want in zip(shape, expected):
                 if isinstance(want, str) and not isinstance(got, str):
-                    problems.append(f"{kind} {value.name!r} has a static dim {got} where {want!r} must be "
-                                    f"dynamic (shape {shape}); the exporter specialised it")
+                    problems.append(
+                        f"{kind} {value.name!r} has a static dim {got} where {want!r} must be "
+                        f"dynamic (shape {shape}); the exporter specialised it"
+                    )
                 elif isinstance(want, int) and got != want:
                     problems.append(f"{kind} {value.name!r} has shape {shape}, expected {expected}")
     if precision is not None:

@@ -98,9 +98,15 @@ def export_metadata(model: MTModel, precision: str, checkpoint_sha256: str = "no
     }
 
 
-def export(model_or_checkpoint, path: str | os.PathLike, precision: str = "float32", *,
-           metadata: dict[str, str] | None = None, checkpoint_sha256: str | None = None,
-           verbose: bool = False) -> dict[str, str]:
+def export(
+    model_or_checkpoint,
+    path: str | os.PathLike,
+    precision: str = "float32",
+    *,
+    metadata: dict[str, str] | None = None,
+    checkpoint_sha256: str | None = None,
+    verbose: bool = False,
+) -> dict[str, str]:
     """Write ``model_or_checkpoint`` (an ``MTModel`` or a checkpoint path) to ``path`` as an mtsim ONNX file.
 
     ``precision`` ("float32" or "float64") is the type of every float input, output and weight of the file.
@@ -131,9 +137,17 @@ def export(model_or_checkpoint, path: str | os.PathLike, precision: str = "float
     )
     with _quiet(not verbose):
         program = torch.onnx.export(
-            graph_module, args, dynamo=True, dynamic_shapes=dynamic_shapes, optimize=False,
-            opset_version=OPSET, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            verbose=verbose, report=False, custom_translation_table=custom_translations(),
+            graph_module,
+            args,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            optimize=False,
+            opset_version=OPSET,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            verbose=verbose,
+            report=False,
+            custom_translation_table=custom_translations(),
         )
     proto = program.model_proto
     exported = time.perf_counter()
@@ -160,14 +174,21 @@ def export(model_or_checkpoint, path: str | os.PathLike, precision: str = "float
     path = os.fspath(path)
     tmp = f"{path}.tmp"
     if external:
-        onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=os.path.basename(path) + ".data")
+        onnx.save_model(
+            proto,
+            tmp,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=os.path.basename(path) + ".data",
+        )
     else:
         onnx.save_model(proto, tmp)
     os.replace(tmp, path)
     if verbose:
-        print(f"traced in {traced - start:.1f} s (rewrites {graph_module.meta['rewrites']}), exported in "
-              f"{exported - traced:.1f} s, {len(proto.graph.node)} nodes -> {path}")
+        print(
+            f"traced in {traced - start:.1f} s (rewrites {graph_module.meta['rewrites']}), exported in "
+            f"{exported - traced:.1f} s, {len(proto.graph.node)} nodes -> {path}"
+        )
     return written
 
 

@@ -157,8 +157,9 @@ def _expand_source(expand, user):
 
 
 def _expands(graph_module):
-    return [node for node in graph_module.graph.nodes
-            if node.op == "call_function" and node.target == aten.expand.default]
+    return [
+        node for node in graph_module.graph.nodes if node.op == "call_function" and node.target == aten.expand.default
+    ]
 
 
 def _expand_reads(graph_module) -> int:
@@ -259,15 +260,25 @@ def _per_head_factor(node) -> tuple[int, int] | None:
     shapes = [sizes(a) for a in node.args]
     if any(shape is None for shape in shapes):
         return None
-    if len(shapes[0]) != len(shapes[1]) or len(shapes[0]) < 4 or not same_size(shapes[0][0], shapes[1][0]) \
-            or not is_symbolic(shapes[0][0]):
+    if (
+        len(shapes[0]) != len(shapes[1])
+        or len(shapes[0]) < 4
+        or not same_size(shapes[0][0], shapes[1][0])
+        or not is_symbolic(shapes[0][0])
+    ):
         return None
     for factor, other in ((0, 1), (1, 0)):
         f, o = shapes[factor], shapes[other]
         channels = static_size(o[-1])
-        if static_size(f[-1]) == 1 and channels is not None and channels > 1 and same_size(f[-2], o[-2]) \
-                and is_symbolic(f[1]) and (same_size(o[1], f[1]) or static_size(o[1]) == 1) \
-                and not any(map(is_symbolic, f[2:])):
+        if (
+            static_size(f[-1]) == 1
+            and channels is not None
+            and channels > 1
+            and same_size(f[-2], o[-2])
+            and is_symbolic(f[1])
+            and (same_size(o[1], f[1]) or static_size(o[1]) == 1)
+            and not any(map(is_symbolic, f[2:]))
+        ):
             return factor, other
     return None
 
@@ -306,8 +317,7 @@ def widen_innermost_broadcasts(graph_module) -> int:
             flat = graph.call_function(aten.reshape.default, (node.args[factor], [-1, heads]))
             wide = graph.call_function(aten.mm.default, (flat, matrix))
             slots = graph.call_function(aten.sym_size.int, (node.args[factor], 1))
-            wide = graph.call_function(aten.reshape.default,
-                                       (wide, [-1, slots, *map(static_size, f[2:-1]), channels]))
+            wide = graph.call_function(aten.reshape.default, (wide, [-1, slots, *map(static_size, f[2:-1]), channels]))
         node.replace_input_with(node.args[factor], wide)
         rewritten += 1
     graph.lint()
@@ -315,8 +325,7 @@ def widen_innermost_broadcasts(graph_module) -> int:
     return rewritten
 
 
-CLEANUP = (GraphPass("remove_full_slices", remove_full_slices,
-                     lambda gm: sum(map(_is_full_slice, gm.graph.nodes))),)
+CLEANUP = (GraphPass("remove_full_slices", remove_full_slices, lambda gm: sum(map(_is_full_slice, gm.graph.nodes))),)
 """Passes every export runs: they remove what the ONNX exporter would write badly."""
 REWRITES = (
     GraphPass("drop_broadcast_expands", drop_broadcast_expands, _expand_reads),

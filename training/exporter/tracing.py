@@ -20,8 +20,9 @@ class ForceStressModule(nn.Module):
         self.model = model
 
     def forward(self, numbers, positions, cell, batch, edge_index, shifts, receiver_slots, sender_slots):
-        out = self.model(numbers, positions, cell, batch, edge_index, shifts, receiver_slots, sender_slots,
-                         compute_forces=True)
+        out = self.model(
+            numbers, positions, cell, batch, edge_index, shifts, receiver_slots, sender_slots, compute_forces=True
+        )
         return tuple(out[name] for name in OUTPUT_NAMES)
 
 
@@ -42,8 +43,12 @@ def example_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     positions = rng.uniform(0.0, 3.0, size=(n, 3))
     batch = np.repeat(np.arange(b), EXAMPLE_SIZES)
     first = np.concatenate([[0], np.cumsum(EXAMPLE_SIZES)[:-1]])
-    edges = [(i, j, 0, 0, 0) for k, size in enumerate(EXAMPLE_SIZES)
-             for i in range(first[k], first[k] + size) for j in range(first[k], first[k] + size)]  # self edges too
+    edges = [
+        (i, j, 0, 0, 0)
+        for k, size in enumerate(EXAMPLE_SIZES)
+        for i in range(first[k], first[k] + size)
+        for j in range(first[k], first[k] + size)
+    ]  # self edges too
     while len(edges) < EXAMPLE_EDGES:  # periodic images
         i = int(rng.integers(0, n))
         j = int(rng.choice(np.flatnonzero(batch == batch[i])))
@@ -52,9 +57,12 @@ def example_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     slots = [edge_slots(edges[:, k], n, width) for k, width in enumerate(EXAMPLE_SLOT_WIDTHS)]
     assert len({n, b, len(edges), *(s.shape[1] for s in slots)} | {0, 1, 2, 3}) == 9
     return (
-        torch.from_numpy(numbers.astype(np.int64)), torch.tensor(positions, dtype=dtype),
-        torch.tensor(cell, dtype=dtype), torch.from_numpy(batch.astype(np.int64)),
-        torch.from_numpy(edges[:, :2].T.copy()), torch.tensor(edges[:, 2:].astype(np.float64), dtype=dtype),
+        torch.from_numpy(numbers.astype(np.int64)),
+        torch.tensor(positions, dtype=dtype),
+        torch.tensor(cell, dtype=dtype),
+        torch.from_numpy(batch.astype(np.int64)),
+        torch.from_numpy(edges[:, :2].T.copy()),
+        torch.tensor(edges[:, 2:].astype(np.float64), dtype=dtype),
         *(torch.from_numpy(s) for s in slots),
     )
 
@@ -78,7 +86,8 @@ def trace(model: MTModel, dtype: torch.dtype, rewrite: bool = True):
     module = ForceStressModule(model).eval()
     args = example_inputs(dtype)
     with torch.enable_grad():
-        graph_module = make_fx(module, tracing_mode="symbolic", decomposition_table=decompositions(),
-                               _allow_non_fake_inputs=True)(*args)
+        graph_module = make_fx(
+            module, tracing_mode="symbolic", decomposition_table=decompositions(), _allow_non_fake_inputs=True
+        )(*args)
     run_passes(graph_module, PASSES if rewrite else CLEANUP)
     return graph_module, args
