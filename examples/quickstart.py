@@ -33,7 +33,7 @@ def silicon_carbide() -> None:
     result = relax(model, bulk("SiC", "zincblende", a=4.36), fmax=0.01, cell=True)
     sic = result.structure
     p = model.predict(sic)
-    phonons = Phonons.from_model(model, sic, (3, 3, 3), nac=True)
+    phonons = Phonons.from_model(model, sic, (4, 4, 4), nac=True)  # holds the 5 Å cutoff sphere
     along_x = sic.cell @ np.array([1.0, 0.0, 0.0])  # reduced coordinates of the Cartesian x direction
     gamma = np.sort(phonons.frequencies([0, 0, 0], q_direction=along_x)[0])
     print(
