@@ -19,17 +19,17 @@ import mtsim
 from mtsim import workflows
 from mtsim.workflows.tasks import phonon
 
-PHONON_OPTIONS = {"supercell": [2, 2, 2], "mesh": [8, 8, 8], "npoints": 11, "relax": False}
+PHONON_OPTIONS = {"supercell": [4, 4, 4], "mesh": [8, 8, 8], "npoints": 11, "relax": False}
 
 
 def structures(n: int, phonons: bool = False) -> list:
-    """``n`` a little strained NaCl, MgO and Si cells: rattled 8-atom cubic cells, or for phonons the 2-atom
+    """``n`` distinct, a little strained (0.02 % per index) NaCl, MgO and Si cells: rattled 8-atom cubic cells, or for phonons the 2-atom
     primitive cells unrattled (full symmetry: 2-3 displacements each)."""
     prototypes = [("NaCl", "rocksalt", 5.64), ("MgO", "rocksalt", 4.21), ("Si", "diamond", 5.43)]
     out = []
     for k in range(n):
         name, kind, a = prototypes[k % 3]
-        atoms = bulk(name, kind, a=a * (1 + 0.002 * (k % 11)), cubic=not phonons)
+        atoms = bulk(name, kind, a=a * (1 + 0.0002 * k), cubic=not phonons)
         if not phonons:
             atoms.rattle(0.02, seed=k)
         out.append(atoms)
