@@ -23,8 +23,8 @@ PHONON_OPTIONS = {"supercell": [4, 4, 4], "mesh": [8, 8, 8], "npoints": 11, "rel
 
 
 def structures(n: int, phonons: bool = False) -> list:
-    """``n`` distinct, a little strained (0.02 % per index) NaCl, MgO and Si cells: rattled 8-atom cubic cells, or for phonons the 2-atom
-    primitive cells unrattled (full symmetry: 2-3 displacements each)."""
+    """``n`` distinct, a little strained (0.02 % per index) NaCl, MgO and Si cells: rattled 8-atom cubic cells, or
+    for phonons the 2-atom primitive cells unrattled (full symmetry: 2-3 displacements each)."""
     prototypes = [("NaCl", "rocksalt", 5.64), ("MgO", "rocksalt", 4.21), ("Si", "diamond", 5.43)]
     out = []
     for k in range(n):
