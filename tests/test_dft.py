@@ -4,6 +4,8 @@ energies of two sources on one scale. Small settings (250 eV, coarse k) keep eac
 import json
 import os
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # GPAW's BLAS, loaded with gpaw: threads beside pytest's thrash
+
 import ase.io
 import numpy as np
 import pytest
