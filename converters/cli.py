@@ -111,6 +111,17 @@ def _describe_elements(value: str) -> str:
     return value
 
 
+def _describe_repulsion(value: str) -> str:
+    """One line for the ``short_range_repulsion`` metadata."""
+    if value == "none":
+        return "none"
+    try:
+        form = json.loads(value)
+        return f"ZBL, switched off between {form['inner']} and {form['outer']} x the sum of covalent radii"
+    except (ValueError, KeyError, TypeError):
+        return value
+
+
 def describe_training_data(value: str) -> list[str]:
     """Readable lines for the ``training_data`` metadata: one per training stage, oldest first (how many structures
     carry each label, and the files), then the latest stage's description, wrapped. A JSON record of stages is
@@ -198,6 +209,7 @@ def info(model: str | None, as_json: bool, reader: str) -> None:
     row("name", f"{meta['model_name']} (preset {meta['model_preset']})")
     row("precision", meta["precision"])
     row("cutoff", f"{meta['cutoff']} Å")
+    row("short-range repulsion", _describe_repulsion(meta.get("short_range_repulsion", "none")))
     row("elements", _describe_elements(meta["elements"]))
     row("parameters (trained)", f"{int(meta['parameter_count']):,}")
     lines = describe_training_data(meta["training_data"])

@@ -63,9 +63,9 @@ def validation_panel(seed: int = 0) -> list[tuple[str, list]]:
     """The built-in structures: ``[(name, [ase.Atoms, ...]), ...]``, each entry evaluated as one batch.
 
     Covers a molecule, an isolated atom (no neighbours: the layer norms see e = 0), a slab, a periodic wire, a
-    small triclinic cell, one-atom cells, a perfect (symmetric) crystal, a 200-atom cell and batches of mixed
-    sizes. Every size differs from the export's tracing example (n=7, e=31, b=2). Positions are rattled
-    (seeded) except where symmetry is the point.
+    small triclinic cell, one-atom cells, a perfect (symmetric) crystal, a compressed crystal (bonds inside the
+    short-range repulsion's switch), a 200-atom cell and batches of mixed sizes. Every size differs from the
+    export's tracing example (n=7, e=31, b=2). Positions are rattled (seeded) except where symmetry is the point.
     """
     from ase import Atoms
     from ase.build import bulk, molecule
@@ -103,6 +103,7 @@ def validation_panel(seed: int = 0) -> list[tuple[str, list]]:
     one_atom_skew = Atoms("Cu", cell=[[2.6, 0, 0], [0.4, 2.5, 0], [0.3, 0.5, 2.7]], pbc=True)
     perfect = bulk("NaCl", "rocksalt", a=5.64, cubic=True)  # zero forces by symmetry
     large = rattled(bulk("MgO", "rocksalt", a=4.21, cubic=True) * (5, 5, 2), 0.03)  # 200 atoms
+    compressed = rattled(bulk("MgO", "rocksalt", a=3.3, cubic=True), 0.1)  # Mg-O 0.8x the covalent radii
     sparse = Atoms("HeAr", positions=[[0, 0, 0], [6.0, 6.0, 6.0]], cell=np.eye(3) * 12.0, pbc=True)
     return [
         ("molecule", [ethanol]),
@@ -113,6 +114,7 @@ def validation_panel(seed: int = 0) -> list[tuple[str, list]]:
         ("one-atom cell", [one_atom]),
         ("one-atom skew", [one_atom_skew]),
         ("perfect crystal", [perfect]),
+        ("compressed", [compressed]),
         ("no neighbours", [sparse]),
         ("200 atoms", [large]),
         ("mixed batch", [water, one_atom, slab, isolated, triclinic, rattled(bulk("Si", "diamond", a=5.43))]),

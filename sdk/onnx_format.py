@@ -96,6 +96,8 @@ REQUIRED_KEYS = tuple(METADATA_KEYS)
 OPTIONAL_KEYS = {
     "untrained_outputs": "JSON list of outputs whose head was never trained: their values are not predictions "
     "(absent: not recorded)",
+    "short_range_repulsion": "JSON: form and parameters of the pair repulsion inside the energy (ZBL with a switch), "
+    "or 'none' (absent: none)",
     KEY_SESSION_OPTIONS: "JSON: onnxruntime SessionOptions per device (cpu, cuda) the graph needs (absent: "
     "SESSION_OPTIONS)",
     "weights_sha256": "sha256 of the weights (every initializer's data bytes in graph order, ``weights_sha256()``), "

@@ -49,6 +49,7 @@ from mtsim.onnx_format import (  # noqa: E402
 from mtsim.training import build_model, save_checkpoint  # noqa: E402
 from mtsim.training.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_checkpoint  # noqa: E402
 from mtsim.training.exporter import IR_VERSION, OPSET, PASSES, ExportError, check_graph, export  # noqa: E402
+from mtsim.training.model import ZBLRepulsion  # noqa: E402
 
 SMALL = dict(num_blocks=1, dim=32, ffn_dim=32, num_heads=4, num_gaussians=16)
 PRECISIONS = ("float32", "float64")
@@ -216,6 +217,8 @@ def test_graph_and_metadata(files, models):
         assert json.loads(meta["model_config"])["dim"] == models[precision].config.dim
         assert meta["model_preset"] == "1M"
         assert int(meta["parameter_count"]) == models[precision].num_parameters()
+        repulsion = json.loads(meta["short_range_repulsion"])
+        assert (repulsion["inner"], repulsion["outer"]) == (ZBLRepulsion.INNER, ZBLRepulsion.OUTER)
 
 
 def test_every_pass_rewrites_the_real_model(files):
@@ -311,18 +314,23 @@ def test_validate_export_detects_mismatch(files):
 
 
 # ----------------------------------------------------------------------------------------------- physics
-def test_forces_and_stress_are_derivatives_of_onnx_energy(files):
-    """float64 file: forces = -dE/dr and stress = (1/V) dE/dstrain against central differences of its energy."""
+@pytest.mark.parametrize("case", ["triclinic", "compressed"])
+def test_forces_and_stress_are_derivatives_of_onnx_energy(files, case):
+    """float64 file: forces = -dE/dr and stress = (1/V) dE/dstrain against central differences of its energy (the
+    compressed cell has bonds inside the switch of the short-range repulsion)."""
     session = onnx_session(files["float64"])
-    atoms = rattled(
-        Atoms(
-            "SiOMg",
-            scaled_positions=[[0, 0, 0], [0.3, 0.4, 0.1], [0.6, 0.2, 0.7]],
-            cell=[[3.1, 0, 0], [0.8, 2.9, 0], [0.5, -0.7, 3.4]],
-            pbc=True,
-        ),
-        7,
-    )
+    if case == "triclinic":
+        atoms = rattled(
+            Atoms(
+                "SiOMg",
+                scaled_positions=[[0, 0, 0], [0.3, 0.4, 0.1], [0.6, 0.2, 0.7]],
+                cell=[[3.1, 0, 0], [0.8, 2.9, 0], [0.5, -0.7, 3.4]],
+                pbc=True,
+            ),
+            7,
+        )
+    else:
+        atoms = rattled(bulk("MgO", "rocksalt", a=3.2) * (2, 1, 1), 8, 0.1)
     inputs = build_graph([atoms], 5.0, dtype=np.float64)
 
     def run(positions, cell):

@@ -7,11 +7,14 @@ torch = pytest.importorskip("torch")
 
 from ase import Atoms  # noqa: E402
 from ase.build import bulk, molecule  # noqa: E402
+from ase.data import covalent_radii  # noqa: E402
 
 from mtsim.graph import build_graph  # noqa: E402
 from mtsim.model import PER_ATOM_OUTPUTS as PER_ATOM  # noqa: E402
 from mtsim.model import PER_STRUCTURE_OUTPUTS as PER_STRUCTURE  # noqa: E402
 from mtsim.training import PRESETS, MTModel, build_model  # noqa: E402
+from mtsim.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from mtsim.training.model import with_repulsion  # noqa: E402
 
 SMALL = dict(num_blocks=2, dim=32, ffn_dim=32, num_heads=4, num_gaussians=16)
 
@@ -58,6 +61,8 @@ def structures():
         "slab": slab,
         "molecule": rattled(molecule("CH3CH2OH"), 4, 0.05),
         "one_atom": Atoms("Fe", cell=np.diag([2.4, 2.5, 2.6]), pbc=True),
+        # Mg-O bonds from ~0.6 to ~0.9 times the sum of covalent radii: across the repulsion's switch
+        "compressed": rattled(bulk("MgO", "rocksalt", a=3.2) * (2, 1, 1), 5, 0.15),
     }
 
 
@@ -73,7 +78,7 @@ def test_parameter_counts():
     assert counts["1M"] < counts["10M"] < counts["220M"] < counts["1.3B"]
 
 
-@pytest.mark.parametrize("name", ["rocksalt", "triclinic", "slab", "molecule"])
+@pytest.mark.parametrize("name", ["rocksalt", "triclinic", "slab", "molecule", "compressed"])
 def test_forces_and_stress_are_energy_derivatives(model, structures, name):
     """float64: forces = -dE/dr and stress = (1/V) dE/dstrain against central finite differences."""
     atoms = structures[name]
@@ -131,7 +136,7 @@ def _transformed(atoms, rotation=None, translation=None, permutation=None):
     return atoms
 
 
-@pytest.mark.parametrize("name", ["rocksalt", "triclinic", "slab", "molecule"])
+@pytest.mark.parametrize("name", ["rocksalt", "triclinic", "slab", "molecule", "compressed"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_symmetry(model, structures, name, seed):
     """Energy, magmoms, charges invariant; forces, Z* (R Z R^T), eps, stress equivariant under rotations,
@@ -207,6 +212,65 @@ def test_smooth_through_cutoff(model):
         assert np.abs(np.diff(series, axis=0)).max() < 1e-2, key
     # beyond the cutoff the two atoms do not see each other: the molecule is two free atoms
     np.testing.assert_allclose(above["forces"], 0.0, atol=1e-14)
+
+
+def zbl(z1: int, z2: int, r: float) -> float:
+    """The ZBL universal screened-nuclear repulsion (eV) of two bare nuclei r Å apart (Ziegler, Biersack and
+    Littmark 1985): universal screening length 0.8854 a0 / (Z1^0.23 + Z2^0.23), four-exponential screening."""
+    a = 0.8854 * 0.529177210544 / (z1**0.23 + z2**0.23)
+    x = r / a
+    phi = 0.18175 * np.exp(-3.1998 * x) + 0.50986 * np.exp(-0.94229 * x)
+    phi += 0.28022 * np.exp(-0.4029 * x) + 0.02817 * np.exp(-0.20162 * x)
+    return 14.3996454784 * z1 * z2 / r * phi
+
+
+def dimer(symbols: str, r: float) -> Atoms:
+    return Atoms(symbols, positions=[[0, 0, 0], [0.6 * r, 0.0, 0.8 * r]])
+
+
+@pytest.mark.parametrize("symbols", ["OO", "SiC", "LaH", "HH"])
+def test_repulsion_is_zbl_inside_and_zero_outside_the_switch(model, symbols):
+    """The energy the repulsion adds to a dimer is the ZBL pair energy below 0.6 R (R the sum of covalent radii),
+    less than it inside the switch, and zero from 0.9 R on; the learned part is untouched."""
+    bare = with_repulsion(model, False)
+    numbers = dimer(symbols, 1.0).numbers
+    radii = covalent_radii[numbers].sum()
+    for fraction in (0.2, 0.35, 0.59, 0.7, 0.85, 0.91, 1.2):
+        r = fraction * radii
+        added = model.predict(dimer(symbols, r))["energy"] - bare.predict(dimer(symbols, r))["energy"]
+        if fraction < 0.6:
+            np.testing.assert_allclose(added, zbl(*numbers, r), rtol=1e-7)  # CODATA editions differ at 1e-9
+        elif fraction < 0.9:
+            assert 0 < added < zbl(*numbers, r)
+        else:
+            assert added == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dimers_repulsive_below_080_covalent_radii(seed):
+    """A fresh 1M model: every dimer of these pairs is pushed apart at 0.1 Å to 0.8 R (force along the bond)."""
+    model = build_model("1M", torch.float64, seed=seed)
+    for symbols in ("OO", "HH", "SiC", "MgO", "LaH", "TiO", "BaO", "LiMn", "FeFe", "NaCl", "GaN", "CC"):
+        radii = covalent_radii[dimer(symbols, 1.0).numbers].sum()
+        for r in np.linspace(0.1, 0.8 * radii, 25):
+            forces = model.predict(dimer(symbols, r))["forces"]
+            bond = np.array([0.6, 0.0, 0.8])
+            assert forces[1] @ bond > 0, f"{symbols} at {r:.2f} Å ({r / radii:.2f} R) attracts"
+
+
+def test_checkpoint_without_repulsion_loads_without_it(tmp_path, model, structures):
+    """A checkpoint whose config predates the repulsion loads with it off; ``with_repulsion`` adds it, with the
+    same weights."""
+    path = tmp_path / "old.pt"
+    save_checkpoint(model, path)
+    payload = torch.load(path, weights_only=False)
+    del payload["config"]["repulsion"]
+    torch.save(payload, path)
+    old = load_checkpoint(path)
+    assert old.repulsion is None and not old.config.repulsion
+    atoms = structures["compressed"]
+    np.testing.assert_allclose(with_repulsion(old, True).predict(atoms)["energy"], model.predict(atoms)["energy"])
+    assert abs(old.predict(atoms)["energy"] - model.predict(atoms)["energy"]) > 1.0
 
 
 def test_float32_matches_float64():

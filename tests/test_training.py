@@ -23,7 +23,7 @@ from mtsim.training.checkpoint import file_sha256  # noqa: E402
 from mtsim.training.config import ConfigError, TrainConfig, load_config  # noqa: E402
 from mtsim.training.data import AtomsDataset, collate, extract_labels  # noqa: E402
 from mtsim.training.loss import DEFAULT_WEIGHTS, multitask_loss  # noqa: E402
-from mtsim.training.model import PROPERTIES  # noqa: E402
+from mtsim.training.model import PROPERTIES, with_repulsion  # noqa: E402
 from mtsim.training.trainer import (  # noqa: E402
     HEADS,
     Trainer,
@@ -290,6 +290,24 @@ def test_finetuning_freezes_the_backbone_and_reinitialises_heads(tmp_path, data_
     assert [g["name"] for g in trainer.optimizer.param_groups] == ["head"]
     base = load_checkpoint(trainer.last_path).metadata["finetuned_from"]
     assert base == {"file": "pretrained.pt", "sha256": file_sha256(tmp_path / "pretrained.pt")}
+
+
+def test_finetuning_adds_the_repulsion_to_a_checkpoint_without_it(tmp_path, data_file, dataset):
+    """``model.repulsion: true`` on a checkpoint without the repulsion: same weights, repulsion on, and the
+    fine-tuned checkpoint keeps it; unset keeps the checkpoint's choice."""
+    pretrained = with_repulsion(tiny_model(seed=1), False)
+    save_checkpoint(pretrained, tmp_path / "old.pt")
+    finetune = {"checkpoint": str(tmp_path / "old.pt")}
+    kept = prepare_model(make_config(data_file, tmp_path / "a", model={"dtype": "float64"}, finetune=finetune), dataset)
+    assert kept.repulsion is None
+    config = make_config(data_file, tmp_path / "b", model={"dtype": "float64", "repulsion": True}, finetune=finetune)
+    model = prepare_model(config, dataset)
+    assert model.repulsion is not None
+    for key, value in pretrained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    trainer = Trainer(config, model, dataset)
+    trainer.fit(max_steps=1)
+    assert load_checkpoint(trainer.last_path).config.repulsion
 
 
 def test_provenance_names_untrained_heads_and_data(tmp_path, data_file, dataset):

@@ -41,13 +41,16 @@ class ModelSection:
     num_gaussians: int | None = None
     cutoff: float | None = None
     """Å."""
+    repulsion: bool | None = None
+    """The ZBL pair repulsion under the learned energy. Unset: on for a new model (every preset has it), as in the
+    checkpoint when fine-tuning; ``true`` adds it to a checkpoint without it (it has no weights)."""
 
     def overrides(self) -> dict:
         """The sizes that are set, as ``build_model`` keyword arguments."""
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("preset", "dtype") and getattr(self, f.name) is not None
+            if f.name not in ("preset", "dtype", "repulsion") and getattr(self, f.name) is not None
         }
 
 

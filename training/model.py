@@ -27,13 +27,14 @@ kernel has in float32 and float64.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mtsim.onnx_format import OUTPUT_NAMES
+from mtsim.units import BOHR, COULOMB_EV_A
 
 MAX_Z = 94
 PROPERTIES = OUTPUT_NAMES
@@ -50,6 +51,8 @@ class ModelConfig:
     num_gaussians: int = 64
     cutoff: float = 5.0
     preset: str = "custom"
+    repulsion: bool = False
+    """ZBL pair repulsion under the learned energy (``ZBLRepulsion``); off in checkpoints written before it."""
 
     def __post_init__(self):
         if self.dim % self.num_heads:
@@ -59,10 +62,10 @@ class ModelConfig:
 
 
 PRESETS = {
-    "1M": ModelConfig(2, 128, 128, 8, 64, 5.0, "1M"),
-    "10M": ModelConfig(3, 320, 320, 16, 128, 5.0, "10M"),
-    "220M": ModelConfig(6, 768, 3078, 32, 128, 5.0, "220M"),
-    "1.3B": ModelConfig(9, 1536, 6144, 32, 128, 5.0, "1.3B"),
+    "1M": ModelConfig(2, 128, 128, 8, 64, 5.0, "1M", repulsion=True),
+    "10M": ModelConfig(3, 320, 320, 16, 128, 5.0, "10M", repulsion=True),
+    "220M": ModelConfig(6, 768, 3078, 32, 128, 5.0, "220M", repulsion=True),
+    "1.3B": ModelConfig(9, 1536, 6144, 32, 128, 5.0, "1.3B", repulsion=True),
 }
 
 
@@ -376,12 +379,64 @@ class Head(nn.Module):
         return self.mlp(x)
 
 
+class ZBLRepulsion(nn.Module):
+    """Ziegler-Biersack-Littmark universal screened-nuclear repulsion, switched off inside bonding distances.
+
+    E_i = 1/2 sum_j s(r_ij) V(r_ij) (eV), V(r) = k_e Z_i Z_j / r phi(r / a), a = 0.8854 a0 / (Z_i^0.23 + Z_j^0.23),
+    phi(x) = sum_k c_k exp(-b_k x). The switch s is 1 below ``INNER`` R_ij and falls to 0 at ``OUTER`` R_ij
+    (1 - 10t^3 + 15t^4 - 6t^5, C^2), R_ij the sum of covalent radii (Cordero et al. 2008, ``ase.data``).
+    """
+
+    INNER, OUTER = 0.6, 0.9
+    COEFFICIENTS = (0.18175, 0.50986, 0.28022, 0.02817)
+    EXPONENTS = (3.19980, 0.94229, 0.40290, 0.20162)
+    SCREENING_LENGTH = 0.8854 * BOHR  # Å
+
+    def __init__(self):
+        super().__init__()
+        from ase.data import covalent_radii
+
+        table = np.stack([np.arange(MAX_Z + 1), covalent_radii[: MAX_Z + 1]], axis=1)  # Z, covalent radius (Å)
+        self.register_buffer("table", torch.tensor(table, dtype=torch.get_default_dtype()), persistent=False)
+
+    @classmethod
+    def description(cls) -> dict:
+        """The form and parameters, as recorded in exported files."""
+        return {
+            "form": "ZBL universal screened-nuclear pair potential times a switch; E = 1/2 sum_ij s(r) V(r)",
+            "screening_length_angstrom": cls.SCREENING_LENGTH,
+            "screening_exponent": 0.23,
+            "phi_coefficients": list(cls.COEFFICIENTS),
+            "phi_exponents": list(cls.EXPONENTS),
+            "switch": "1 - 10t^3 + 15t^4 - 6t^5, t = (r - inner R) / ((outer - inner) R), R = sum of covalent radii",
+            "inner": cls.INNER,
+            "outer": cls.OUTER,
+            "covalent_radii": "Cordero et al. 2008 (ase.data.covalent_radii)",
+        }
+
+    def forward(self, graph: Graph, numbers: Tensor, d: Tensor, is_self: Tensor) -> Tensor:
+        """Per-atom repulsion energies (eV) [n] from the slot distances ``d`` [n,k] (Å)."""
+        atom = self.table[numbers]
+        i, j = graph.at_receivers(atom), graph.at_senders(atom)
+        pair = graph.is_edge & ~is_self
+        r = torch.where(pair, d, torch.ones_like(d))  # self and padding slots: any distance, dropped below
+        x = r * (i[..., 0] ** 0.23 + j[..., 0] ** 0.23) / self.SCREENING_LENGTH
+        phi = sum(c * torch.exp(-b * x) for c, b in zip(self.COEFFICIENTS, self.EXPONENTS))
+        v = COULOMB_EV_A * i[..., 0] * j[..., 0] * phi / r
+        radii = i[..., 1] + j[..., 1]
+        t = (r - self.INNER * radii) / ((self.OUTER - self.INNER) * radii)
+        s = 1.0 - t * t * t * (10.0 - t * (15.0 - 6.0 * t))
+        s = torch.where(t < 0.0, torch.ones_like(s), torch.where(t < 1.0, s, torch.zeros_like(s)))
+        return 0.5 * torch.where(pair, s * v, torch.zeros_like(v)).sum(1)
+
+
 # ----------------------------------------------------------------------------------------------- the model
 class MTModel(nn.Module):
     """Multi-task model. ``forward`` takes the ONNX contract's inputs and returns the dict of ``PROPERTIES``.
 
     Output normalisation lives in buffers (saved in checkpoints and baked into exports): per-atom energy
-    ``E_i = energy_scale * p_i + energy_shift + reference_energies[Z_i]``, and one scale per other head.
+    ``E_i = energy_scale * p_i + energy_shift + reference_energies[Z_i]`` (+ the ZBL repulsion when
+    ``config.repulsion``), and one scale per other head.
     """
 
     def __init__(self, config: ModelConfig):
@@ -399,6 +454,7 @@ class MTModel(nn.Module):
         self.charge_head = Head(config, 1)
         self.born_head = Head(config, 3)  # p, q, s of eqs. (11)-(12)
         self.dielectric_head = Head(config, 2)  # p', q' of eq. (9)
+        self.repulsion = ZBLRepulsion() if config.repulsion else None
         self.register_buffer("reference_energies", torch.zeros(MAX_Z + 1))
         for name in ("energy_scale", "energy_shift", "magmom_scale", "charge_scale", "born_scale", "dielectric_scale"):
             self.register_buffer(name, torch.tensor(0.0 if name == "energy_shift" else 1.0))
@@ -453,6 +509,8 @@ class MTModel(nn.Module):
 
         energy_atom = self.energy_scale * self.energy_head(graph, x, e)[:, 0] + self.energy_shift
         energy_atom = energy_atom + self.reference_energies[numbers]
+        if self.repulsion is not None:
+            energy_atom = energy_atom + self.repulsion(graph, numbers, d, is_self)
         energy = scatter_sum(energy_atom, batch, b)
         atoms_per_structure = scatter_sum(torch.ones_like(energy_atom), batch, b)
         out = {"energy": energy}
@@ -529,6 +587,18 @@ class MTModel(nn.Module):
         out = {key: value.detach().cpu().numpy() for key, value in out.items()}
         results = split_outputs(out, [len(s) for s in structures])
         return results[0] if single else results
+
+
+def with_repulsion(model: MTModel, repulsion: bool) -> MTModel:
+    """``model`` with the ZBL repulsion on or off: the same weights, buffers and metadata (the repulsion has no
+    weights), so a checkpoint written without it can be fine-tuned with it."""
+    if model.config.repulsion == repulsion:
+        return model
+    weight = model.centrality.weight
+    new = MTModel(replace(model.config, repulsion=repulsion)).to(device=weight.device, dtype=weight.dtype)
+    new.load_state_dict(model.state_dict())
+    new.metadata = model.metadata
+    return new
 
 
 def build_model(preset: str = "1M", dtype: torch.dtype = torch.float32, seed: int = 0, **overrides) -> MTModel:

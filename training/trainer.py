@@ -32,7 +32,7 @@ from mtsim.training.checkpoint import CheckpointError, file_sha256, load_checkpo
 from mtsim.training.config import TrainConfig
 from mtsim.training.data import AtomsDataset, Batch, batch_order, collate, split
 from mtsim.training.loss import UNITS, absolute_errors, multitask_loss
-from mtsim.training.model import MAX_Z, PRESETS, ModelConfig, MTModel, build_model
+from mtsim.training.model import MAX_Z, PRESETS, ModelConfig, MTModel, build_model, with_repulsion
 
 HEADS = {
     "energy": "energy_head",
@@ -123,7 +123,8 @@ def prepare_model(config: TrainConfig, train_set: AtomsDataset) -> MTModel:
     dtype = getattr(torch, config.model.dtype)
     tuning = config.finetune
     if tuning.checkpoint is None:
-        model = build_model(config.model.preset, dtype, config.seed, **config.model.overrides())
+        repulsion = {} if config.model.repulsion is None else {"repulsion": config.model.repulsion}
+        model = build_model(config.model.preset, dtype, config.seed, **config.model.overrides(), **repulsion)
         fresh_heads = tuple(HEADS)
     else:
         model = load_checkpoint(tuning.checkpoint).to(dtype)
@@ -131,6 +132,8 @@ def prepare_model(config: TrainConfig, train_set: AtomsDataset) -> MTModel:
             "file": os.path.basename(tuning.checkpoint),
             "sha256": file_sha256(tuning.checkpoint),
         }
+        if config.model.repulsion is not None:
+            model = with_repulsion(model, config.model.repulsion)
         reinitialise_heads(model, tuning.reinit_heads, config.seed)
         fresh_heads = tuple(tuning.reinit_heads)
     if config.normalise:

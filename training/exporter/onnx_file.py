@@ -92,6 +92,7 @@ def export_metadata(model: MTModel, precision: str, checkpoint_sha256: str = "no
         "parameter_count": str(model.num_parameters()),
         "training_data": provenance if isinstance(provenance, str) else json.dumps(provenance, sort_keys=True),
         "untrained_outputs": json.dumps(untrained_outputs(meta)),
+        "short_range_repulsion": json.dumps(model.repulsion.description()) if model.repulsion else "none",
         "source_checkpoint_sha256": checkpoint_sha256,
         "mtsim_version": getattr(mtsim, "__version__", "unknown"),
         KEY_SESSION_OPTIONS: json.dumps(SESSION_OPTIONS, sort_keys=True),
