@@ -169,6 +169,27 @@ def test_energy_offsets_put_a_second_source_on_the_first_scale():
     assert all("forces" in a.calc.results for a in kept)
 
 
+def test_split_writes_train_val_test_files_with_absolute_moments(tmp_path):
+    frames = _labelled(_structures(np.random.default_rng(2)), {"Cu": -3.1, "Ni": -4.2, "Al": -2.5})
+    for k, atoms in enumerate(frames):
+        atoms.info["split"] = dft.SPLITS[k % 3]
+        atoms.calc.results["magmoms"] = np.linspace(-1.0, 1.0, len(atoms))
+    path = tmp_path / "labelled.extxyz.gz"
+    ase.io.write(path, frames, format="extxyz")
+    assert dft.main(["split", "--labelled", str(path), "--out", str(tmp_path / "splits")]) == 0
+    for name in dft.SPLITS:
+        written = ase.io.read(tmp_path / "splits" / f"gpaw_{name}.extxyz", ":")
+        expected = [a for a in frames if a.info["split"] == name]
+        assert [a.info["structure_id"] for a in written] == [a.info["structure_id"] for a in expected]
+        for got, want in zip(written, expected):
+            np.testing.assert_allclose(got.get_magnetic_moments(), np.abs(want.calc.results["magmoms"]))
+            np.testing.assert_allclose(got.get_forces(), want.get_forces(), atol=1e-7)  # extxyz: 8 decimals
+            assert got.get_potential_energy() == pytest.approx(want.get_potential_energy(), abs=1e-12)
+    frames[0].info["split"] = "holdout"
+    with pytest.raises(ValueError, match="'holdout'"):
+        dft.training_splits(frames)
+
+
 def test_structure_set_is_small_split_and_deterministic(tmp_path):
     from mtsim.training.builders import dft_structures
 

@@ -468,6 +468,26 @@ def align_energies(frames: Iterable[ase.Atoms], offsets: dict[str, float]) -> li
     return aligned
 
 
+SPLITS = ("train", "val", "test")
+
+
+def training_splits(frames: Iterable[ase.Atoms]) -> dict[str, list[ase.Atoms]]:
+    """Labelled frames by their ``info["split"]``, ready for ``mtsim train``: magnetic moments as absolute values
+    (the magmoms head predicts |m|, as the CHGNet-labelled data carry it); every other label as labelled."""
+    splits = {name: [] for name in SPLITS}
+    for atoms in frames:
+        name = atoms.info.get("split")
+        if name not in splits:
+            raise ValueError(f"structure {atoms.info.get('structure_id')} has split {name!r}, not one of {SPLITS}")
+        results = dict(atoms.calc.results)
+        if "magmoms" in results:
+            results["magmoms"] = np.abs(results["magmoms"])
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, **results)
+        splits[name].append(copy)
+    return splits
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The project's structure set
 
@@ -519,6 +539,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sn = commands.add_parser("snapshot", help="write labelled.extxyz.gz and manifest.json (while a run goes on)")
     sn.add_argument("--data", required=True, help="the structures the run labels")
     sn.add_argument("--out", required=True, help="the run's output folder")
+    sp = commands.add_parser("split", help="write the labelled frames as train/val/test extxyz files for mtsim train")
+    sp.add_argument("--labelled", required=True, help="labelled.extxyz(.gz) of this builder")
+    sp.add_argument("--out", required=True, help="folder for gpaw_train.extxyz, gpaw_val.extxyz, gpaw_test.extxyz")
     al = commands.add_parser("align", help="put another source's energies on the GPAW scale")
     al.add_argument("--gpaw", required=True, help="labelled.extxyz of this builder")
     al.add_argument("--other", required=True, help="extxyz labelled by another source (e.g. the CHGNet teacher)")
@@ -540,6 +563,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for atoms in frames:
             categories[atoms.info["category"]] = categories.get(atoms.info["category"], 0) + 1
         print(json.dumps({"structures": len(frames), "categories": categories}))
+    elif args.command == "split":
+        from mtsim.training.builders._io import write_frames
+
+        splits = training_splits(_read_all(args.labelled))
+        for name, frames in splits.items():
+            write_frames(os.path.join(args.out, f"gpaw_{name}.extxyz"), frames)
+        print(json.dumps({name: len(frames) for name, frames in splits.items()}))
     else:
         gpaw, other = _read_all(args.gpaw), _read_all(args.other)
         offsets = energy_offsets(other, gpaw)
