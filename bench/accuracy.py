@@ -37,9 +37,11 @@ import math
 import time
 from pathlib import Path
 
+import frozen_phonon
 import numpy as np
 from ase import Atoms, units
 from ase.build import bulk
+from ase.data import chemical_symbols
 from ase.io import read
 
 import mtsim
@@ -79,6 +81,12 @@ SIC_EXPERIMENT = {"a": 4.360, "z_si": 2.70, "eps": 6.52, "to": 23.87, "lo": 29.1
 """3C-SiC experiment as listed in the paper's Table S7 (Å, e, -, THz, THz, THz)."""
 SIC_PAPER = {"a": 4.377, "z_si": 2.71, "eps": 7.31, "to": 23.28, "lo": 28.54, "lo_to": 5.26}
 """MatterSim-MT's own 3C-SiC values, paper Table S7."""
+GPAW_TARGETS = {"energy": 15.0, "forces": 0.10, "stress": 0.5, "charges": 0.05}
+"""Upper bounds on the MAEs vs GPAW on its test split (meV/atom, eV/Å, GPa, e): the second-generation model's."""
+GAMMA_TOLERANCE = 6.0
+"""%, largest deviation of a Γ TO frequency from the GPAW table."""
+LAH_PRESSURE_TOLERANCE = 8.0
+"""%, largest deviation of a La-H cell's pressure from GPAW's."""
 BTO_PAPER_PS = 38.0
 """μC/cm², the paper: "the spontaneous polarization of 38 μC/cm² predicted at 300 K" (experiment: 26)."""
 
@@ -467,9 +475,183 @@ def print_barium_titanate(result: dict) -> None:
 
 
 # ============================================================================================ main
+# ============================================================================================ 5. first principles
+def element_offsets(frames: list[Atoms], differences: np.ndarray) -> np.ndarray:
+    """Per-element energy offsets δ_Z (eV, indexed by Z) fitting ``differences`` (eV per structure) as sum_i δ_Z_i by
+    least squares; elements not in ``frames`` get 0."""
+    counts = np.stack([np.bincount(a.numbers, minlength=len(chemical_symbols)) for a in frames]).astype(float)
+    present = np.flatnonzero(counts.sum(axis=0))
+    offsets = np.zeros(len(chemical_symbols))
+    offsets[present] = np.linalg.lstsq(counts[:, present], differences, rcond=None)[0]
+    return offsets
+
+
+def first_principles(model, path: Path) -> dict:
+    """MAEs vs GPAW on the data set's test split (energy meV/atom, raw and after per-element offsets fitted on the
+    train split; forces eV/Å and stress GPa per component; Bader charges e), by category, and the pressures of
+    the La-H cells of the val and test splits (GPa)."""
+    frames = read(path, ":")
+    splits = {name: [a for a in frames if a.info.get("split") == name] for name in ("train", "val", "test")}
+    train, test = splits["train"], splits["test"]
+    predict = {name: model.predict(chosen, batch_size=BATCH) for name, chosen in splits.items()}
+    e_train = np.array([a.get_potential_energy() - p.energy for a, p in zip(train, predict["train"])])
+    offsets = element_offsets(train, e_train)
+    n_atoms = np.array([len(a) for a in test])
+    e_ref = np.array([a.get_potential_energy() for a in test])
+    e_model = np.array([p.energy for p in predict["test"]])
+    shift = np.array([offsets[a.numbers].sum() for a in test])
+    errors = {
+        "energy_raw": 1000 * np.abs(e_model - e_ref) / n_atoms,
+        "energy": 1000 * np.abs(e_model + shift - e_ref) / n_atoms,
+    }
+    f_error = np.concatenate([p.forces - a.get_forces() for a, p in zip(test, predict["test"])])
+    s_error = np.array([p.stress - a.get_stress(voigt=False) for a, p in zip(test, predict["test"])]) / units.GPa
+    charged = [(a, p) for a, p in zip(test, predict["test"]) if "charges" in a.calc.results]
+    q_error = np.concatenate([p.charges - a.calc.results["charges"] for a, p in charged]) if charged else np.zeros(0)
+    ones = np.ones(len(test))
+    mae = {
+        "energy_raw": errors["energy_raw"].mean(),
+        "energy": errors["energy"].mean(),
+        "forces": np.abs(f_error).mean(),
+        "stress": np.abs(s_error).mean(),
+        "charges": np.abs(q_error).mean() if len(q_error) else math.nan,
+    }
+    interval = {
+        "energy_raw": bootstrap_interval(errors["energy_raw"], ones),
+        "energy": bootstrap_interval(errors["energy"], ones),
+        "forces": bootstrap_interval(*per_structure(f_error, n_atoms)),
+        "stress": bootstrap_interval(np.abs(s_error).sum(axis=(1, 2)), 9 * ones),
+        "charges": bootstrap_interval(*per_structure(q_error, np.array([len(a) for a, _ in charged])))
+        if charged
+        else (math.nan, math.nan),
+    }
+    categories = np.array([str(a.info.get("category", "?")) for a in test])
+    starts = np.cumsum(n_atoms) - n_atoms
+    f_per_structure = np.add.reduceat(np.abs(f_error).sum(axis=1), starts) / (3 * n_atoms)
+    groups = {
+        tag: {
+            "structures": int((categories == tag).sum()),
+            "energy": errors["energy"][categories == tag].mean(),
+            "forces": float(np.sum(f_per_structure[categories == tag] * n_atoms[categories == tag]))
+            / float(n_atoms[categories == tag].sum()),
+            "stress": np.abs(s_error[categories == tag]).mean(),
+        }
+        for tag in sorted(set(categories))
+    }
+    pressures = []
+    for name in ("val", "test"):
+        for a, p in zip(splits[name], predict[name]):
+            if a.info.get("category") == "lah":
+                reference = -np.trace(a.get_stress(voigt=False)) / 3 / units.GPa
+                predicted = -np.trace(p.stress) / 3 / units.GPa
+                pressures.append(
+                    {"split": name, "formula": a.get_chemical_formula(), "gpaw": reference, "model": predicted}
+                )
+    return {
+        "structures": {name: len(chosen) for name, chosen in splits.items()},
+        "test_atoms": int(n_atoms.sum()),
+        "charged_structures": len(charged),
+        "mae": mae,
+        "interval": interval,
+        "offsets_eV": {str(z): float(offsets[z]) for z in np.flatnonzero(offsets)},
+        "groups": groups,
+        "lah_pressures": pressures,
+    }
+
+
+def print_first_principles(result: dict) -> None:
+    counts = result["structures"]
+    print(
+        f"\n== 5. First principles: GPAW PBE test split, {counts['test']} structures, {result['test_atoms']} atoms "
+        f"(train {counts['train']}, val {counts['val']}; charges on {result['charged_structures']}) =="
+    )
+    labels = {
+        "energy_raw": "energy (meV/atom), as predicted",
+        "energy": "energy (meV/atom), offsets from train",
+        "forces": "forces (eV/Å, per component)",
+        "stress": "stress (GPa, per component)",
+        "charges": "Bader charges (e)",
+    }
+    rows = []
+    for key, label in labels.items():
+        target = GPAW_TARGETS.get(key)
+        value = result["mae"][key]
+        rows.append(
+            [label, value, interval_cell(result["interval"][key]), f"<= {target:g}" if target else "-"]
+            + [verdict(value, target) if target and not math.isnan(value) else "-"]
+        )
+    table(["quantity", "model MAE", "95 % interval", "target", "result"], rows)
+    print("\nby category (energy with the offsets)")
+    rows = [[tag, g["structures"], g["energy"], g["forces"], g["stress"]] for tag, g in result["groups"].items()]
+    table(["category", "structures", "E MAE (meV/atom)", "F MAE (eV/Å)", "stress MAE (GPa)"], rows)
+    if result["lah_pressures"]:
+        print(f"\nLa-H cells (val and test splits): pressure, target within {LAH_PRESSURE_TOLERANCE:g} % of GPAW")
+        rows = [
+            [p["split"], p["formula"], p["gpaw"], p["model"], 100 * (p["model"] - p["gpaw"]) / p["gpaw"]]
+            + [verdict(abs(100 * (p["model"] - p["gpaw"]) / p["gpaw"]), LAH_PRESSURE_TOLERANCE)]
+            for p in result["lah_pressures"]
+        ]
+        table(["split", "formula", "GPAW p (GPa)", "model p (GPa)", "deviation (%)", "result"], rows)
+
+
+def gamma_phonons(model, reference: Path) -> dict:
+    """Γ TO frequencies and lattice constants of the crystals of ``reference`` (bench/gpaw_gamma_phonons.py's
+    JSON) by the same frozen-phonon procedure with the model (its own lattice constant)."""
+
+    def evaluate(atoms):
+        prediction = model.predict(atoms)
+        return prediction.energy, prediction.forces
+
+    rows = []
+    for row in json.loads(reference.read_text())["rows"]:
+        mine = frozen_phonon.gamma_to(row["crystal"], row["lattice"], row["a0_A"], evaluate)
+        rows.append(
+            {
+                "crystal": row["crystal"],
+                "a0_gpaw": row["a0_A"],
+                "a0_model": mine["a0_A"],
+                "to_gpaw": row["to_THz"],
+                "to_model": mine["to_THz"],
+                "to_experiment": row["experiment_THz"],
+                "deviation_percent": 100 * (mine["to_THz"] - row["to_THz"]) / row["to_THz"],
+            }
+        )
+    return {"rows": rows}
+
+
+def print_gamma_phonons(result: dict) -> None:
+    print(
+        f"\n== 6. Γ TO by frozen phonons (each at its own lattice constant), target: within {GAMMA_TOLERANCE:g} % "
+        "of GPAW =="
+    )
+    rows = [
+        [r["crystal"], r["a0_gpaw"], r["a0_model"], r["to_gpaw"], r["to_model"], r["to_experiment"]]
+        + [r["deviation_percent"], verdict(abs(r["deviation_percent"]), GAMMA_TOLERANCE)]
+        for r in result["rows"]
+    ]
+    table(
+        ["crystal", "a0 GPAW (Å)", "a0 model", "TO GPAW (THz)", "TO model", "TO exp.", "model - GPAW (%)", "result"],
+        rows,
+    )
+
+
+# ============================================================================================ main
+SECTIONS = ("distillation", "dfpt", "sic", "batio3", "first_principles", "gamma")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="output folder of build_data.sh")
+    parser.add_argument("--data", type=Path, default=None, help="output folder of build_data.sh (sections 1-2)")
+    parser.add_argument(
+        "--gpaw", type=Path, default=None, help="the GPAW data set, e.g. data/gpaw/labelled.extxyz.gz (section 5)"
+    )
+    parser.add_argument(
+        "--gamma-reference",
+        type=Path,
+        default=Path(__file__).with_name("gpaw_gamma_phonons.json"),
+        help="GPAW Γ TO table of bench/gpaw_gamma_phonons.py (section 6)",
+    )
+    parser.add_argument("--only", nargs="*", default=None, choices=SECTIONS, help="run only these sections")
     parser.add_argument("--model", default=None, help="ONNX model file (default: the bundled model)")
     parser.add_argument(
         "--train",
@@ -500,23 +682,30 @@ def main() -> None:
         "settings": settings,
         "timings_s": {},
     }
-    sections = [
-        (
-            "distillation",
+    sections = {
+        "distillation": (
             lambda: distillation(
                 model, args.data / "lab_heldout.extxyz", None if args.train is None else training_bases(args.train)
             ),
             print_distillation,
         ),
-        ("dfpt", lambda: dfpt(model, args.data / "dfpt" / "test.extxyz"), print_dfpt),
-        ("sic", lambda: silicon_carbide(model, settings["phonon_supercell"]), print_silicon_carbide),
-        (
-            "batio3",
+        "dfpt": (lambda: dfpt(model, args.data / "dfpt" / "test.extxyz"), print_dfpt),
+        "sic": (lambda: silicon_carbide(model, settings["phonon_supercell"]), print_silicon_carbide),
+        "batio3": (
             lambda: barium_titanate(model, settings["bto_supercell"], settings["md_fs"], settings["period_fs"]),
             print_barium_titanate,
         ),
-    ]
-    for name, compute, show in sections:
+        "first_principles": (lambda: first_principles(model, args.gpaw), print_first_principles),
+        "gamma": (lambda: gamma_phonons(model, args.gamma_reference), print_gamma_phonons),
+    }
+    needs = {"distillation": args.data, "dfpt": args.data, "first_principles": args.gpaw}
+    for name in list(sections):
+        if args.only is not None and name not in args.only:
+            del sections[name]
+        elif name in needs and needs[name] is None:
+            print(f"section {name} skipped: needs --{'data' if needs[name] is args.data else 'gpaw'}")
+            del sections[name]
+    for name, (compute, show) in sections.items():
         start = time.perf_counter()
         report[name] = compute()
         report["timings_s"][name] = time.perf_counter() - start

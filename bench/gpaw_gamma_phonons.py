@@ -1,13 +1,10 @@
 """Reference table: Γ-point TO frequencies by frozen phonons with GPAW, under the settings of the GPAW data set.
 
-For each crystal (2 atoms in the primitive cell): the PBE lattice constant from a Birch–Murnaghan fit of E(V) at
-seven lattice constants (±3 %), then atom 0 displaced by ±u along x, all on the k mesh the data set's rule gives
-the crystal at its starting lattice constant (held fixed: a mesh that changes with the volume makes E(V) jump).
-The energy change to the next even mesh (two more points per direction) is reported too: the size of the steps in the
-data set's energies where its rule switches meshes. Displacing one sublattice of the primitive cell
-is a Γ phonon (all images move together), and with two atoms the acoustic sum rule gives
-ω²_TO = Φ (1/m_1 + 1/m_2), Φ = -dF_0x/du_0x (central difference). No macroscopic field arises in the periodic cell,
-so this is the TO frequency (the LO one needs Z* and ε∞). Experiments (room temperature, THz; cm⁻¹ / 33.356):
+For each crystal (2 atoms in the primitive cell): the PBE lattice constant and the Γ TO frequency by
+``frozen_phonon.gamma_to``, all on the k mesh the data set's rule gives the crystal at its starting lattice constant
+(held fixed: a mesh that changes with the volume makes E(V) jump). The energy change to the next even mesh (two
+more points per direction) is reported too: the size of the steps in the data set's energies where its rule
+switches meshes. Experiments (room temperature, THz; cm⁻¹ / 33.356):
 Si Raman 520 cm⁻¹; 3C-SiC TO 796 cm⁻¹; MgO TO 401 cm⁻¹; NaCl TO 164 cm⁻¹; zincblende GaN TO 555 cm⁻¹.
 
     python bench/gpaw_gamma_phonons.py [--out bench/gpaw_gamma_phonons.json]      # ~25 CPU minutes
@@ -22,54 +19,40 @@ import json
 import sys
 import time
 
-import numpy as np
+import frozen_phonon
 from ase.build import bulk
-from ase.eos import EquationOfState
 
 from mtsim.training.builders.dft import DFTSettings, kpoint_mesh, make_calculator
 from mtsim.training.builders.dft_structures import LATTICE
-from mtsim.units import THZ_PER_SQRT_EV_A2_AMU
 
 EXPERIMENT_CM1 = {"Si": 520.0, "SiC": 796.0, "MgO": 401.0, "NaCl": 164.0, "GaN": 555.0}
 CM1_PER_THZ = 33.35641
 
 
-def energy_and_forces(atoms, settings, kpts):
-    atoms = atoms.copy()
-    atoms.calc = make_calculator(atoms, settings, kpts=kpts)
-    return atoms.get_potential_energy(force_consistent=True), atoms.get_forces()
-
-
 def gamma_to(name: str, settings: DFTSettings, displacement: float = 0.01) -> dict:
     lattice, guess = LATTICE[name]
     kpts = kpoint_mesh(bulk(name, lattice, a=guess), settings.kpoint_density)
-    scales = np.linspace(0.97, 1.03, 7)
-    cells = [bulk(name, lattice, a=guess * s) for s in scales]
-    energies = [energy_and_forces(atoms, settings, kpts)[0] for atoms in cells]
-    denser = energy_and_forces(cells[3], settings, [k + 2 for k in kpts])[0]
-    volumes = [atoms.get_volume() for atoms in cells]
-    v0, _, bulk_modulus = EquationOfState(volumes, energies, eos="birchmurnaghan").fit()
-    a0 = guess * (v0 / volumes[3]) ** (1 / 3)
-    forces = []
-    for sign in (1, -1):
-        atoms = bulk(name, lattice, a=a0)
-        atoms.positions[0, 0] += sign * displacement
-        forces.append(energy_and_forces(atoms, settings, kpts)[1][0, 0])
-    phi = -(forces[0] - forces[1]) / (2 * displacement)
-    masses = bulk(name, lattice, a=a0).get_masses()
-    frequency = np.sqrt(phi * (1 / masses[0] + 1 / masses[1])) * THZ_PER_SQRT_EV_A2_AMU
+
+    def evaluate(atoms, kpts=kpts):
+        atoms = atoms.copy()
+        atoms.calc = make_calculator(atoms, settings, kpts=kpts)
+        return atoms.get_potential_energy(force_consistent=True), atoms.get_forces()
+
+    row = frozen_phonon.gamma_to(name, lattice, guess, evaluate, displacement)
+    start = bulk(name, lattice, a=guess)
+    step = (evaluate(start, [k + 2 for k in kpts])[0] - evaluate(start)[0]) / len(start)
     experiment = EXPERIMENT_CM1[name] / CM1_PER_THZ
     return {
         "crystal": name,
         "lattice": lattice,
-        "a0_A": round(float(a0), 4),
-        "bulk_modulus_GPa": round(float(bulk_modulus) * 160.21766, 1),
-        "force_constant_eV_A2": float(phi),
-        "to_THz": round(float(frequency), 3),
+        "a0_A": round(row["a0_A"], 4),
+        "bulk_modulus_GPa": round(row["bulk_modulus_GPa"], 1),
+        "force_constant_eV_A2": row["force_constant_eV_A2"],
+        "to_THz": round(row["to_THz"], 3),
         "experiment_THz": round(experiment, 2),
-        "deviation_percent": round(100 * (frequency - experiment) / experiment, 1),
+        "deviation_percent": round(100 * (row["to_THz"] - experiment) / experiment, 1),
         "kpts": " ".join(map(str, kpts)),
-        "kmesh_step_meV_per_atom": round(1000 * (denser - energies[3]) / len(cells[3]), 2),
+        "kmesh_step_meV_per_atom": round(1000 * step, 2),
     }
 
 
