@@ -474,7 +474,6 @@ def print_barium_titanate(result: dict) -> None:
     table(["quantity", "model", "paper (300 K)"], rows)
 
 
-# ============================================================================================ main
 # ============================================================================================ 5. first principles
 def element_offsets(frames: list[Atoms], differences: np.ndarray) -> np.ndarray:
     """Per-element energy offsets δ_Z (eV, indexed by Z) fitting ``differences`` (eV per structure) as sum_i δ_Z_i by
@@ -635,8 +634,52 @@ def print_gamma_phonons(result: dict) -> None:
     )
 
 
+def soft_mode(model, reference: Path) -> dict:
+    """BaTiO3: the model's energy along the P4mm soft mode of the cubic cell (meV/f.u.) beside GPAW's
+    (bench/gpaw_batio3.py's JSON, when it exists), and the energies of the relaxed cubic and P4mm cells (cell and
+    positions relaxed; P4mm started from Ti +0.1 Å, the O -0.05 Å)."""
+
+    def evaluate(atoms):
+        prediction = model.predict(atoms)
+        return prediction.energy, prediction.forces
+
+    gpaw = json.loads(reference.read_text()) if reference.exists() else None
+    scan = frozen_phonon.soft_mode_scan(evaluate, gpaw["a_A"] if gpaw else 4.0)
+    cubic = perovskite((1, 1, 1))
+    polar = cubic.copy()
+    polar.positions[1, 2] += 0.1
+    polar.positions[2:, 2] -= 0.05
+    relaxed = {
+        name: relax(model, atoms, fmax=0.005, cell=True, max_steps=1000)
+        for name, atoms in (("cubic", cubic), ("p4mm", polar))
+    }
+    final = relaxed["p4mm"].structure
+    return {
+        "scan": scan,
+        "gpaw_energy_meV": gpaw["energy_meV"] if gpaw else None,
+        "relaxed_meV": 1000 * (relaxed["p4mm"].energy - relaxed["cubic"].energy),
+        "relaxed_converged": all(r.converged for r in relaxed.values()),
+        "p4mm_c_over_a": float(np.linalg.norm(final.cell[2]) / np.linalg.norm(final.cell[0])),
+        "p4mm_ti_offset_A": float(final.positions[1, 2] - final.positions[0, 2] - 0.5 * final.cell[2, 2]),
+    }
+
+
+def print_soft_mode(result: dict) -> None:
+    scan = result["scan"]
+    print(f"\n== 7. BaTiO3 soft mode: cubic cell a = {scan['a_A']:g} Å, Ti +u along z and the O -u/2 ==")
+    gpaw = result["gpaw_energy_meV"] or [math.nan] * len(scan["energy_meV"])
+    rows = [[u, e, g] for u, e, g in zip(scan["amplitudes_A"], scan["energy_meV"], gpaw)]
+    table(["u (Å)", "E(u) - E(0) model (meV/f.u.)", "GPAW"], rows)
+    below = result["relaxed_meV"] < -0.1
+    print(
+        f"relaxed P4mm - relaxed cubic: {result['relaxed_meV']:.2f} meV/f.u. (c/a {result['p4mm_c_over_a']:.4f}, Ti "
+        f"off centre by {result['p4mm_ti_offset_A']:.3f} Å; converged {result['relaxed_converged']}): P4mm "
+        f"{'below' if below else 'not below'} Pm-3m"
+    )
+
+
 # ============================================================================================ main
-SECTIONS = ("distillation", "dfpt", "sic", "batio3", "first_principles", "gamma")
+SECTIONS = ("distillation", "dfpt", "sic", "batio3", "first_principles", "gamma", "soft_mode")
 
 
 def main() -> None:
@@ -650,6 +693,12 @@ def main() -> None:
         type=Path,
         default=Path(__file__).with_name("gpaw_gamma_phonons.json"),
         help="GPAW Γ TO table of bench/gpaw_gamma_phonons.py (section 6)",
+    )
+    parser.add_argument(
+        "--soft-mode-reference",
+        type=Path,
+        default=Path(__file__).with_name("gpaw_batio3.json"),
+        help="GPAW BaTiO3 soft-mode scan of bench/gpaw_batio3.py (section 7)",
     )
     parser.add_argument("--only", nargs="*", default=None, choices=SECTIONS, help="run only these sections")
     parser.add_argument("--model", default=None, help="ONNX model file (default: the bundled model)")
@@ -697,6 +746,7 @@ def main() -> None:
         ),
         "first_principles": (lambda: first_principles(model, args.gpaw), print_first_principles),
         "gamma": (lambda: gamma_phonons(model, args.gamma_reference), print_gamma_phonons),
+        "soft_mode": (lambda: soft_mode(model, args.soft_mode_reference), print_soft_mode),
     }
     needs = {"distillation": args.data, "dfpt": args.data, "first_principles": args.gpaw}
     for name in list(sections):

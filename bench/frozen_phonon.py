@@ -1,6 +1,7 @@
-"""Γ TO frequency of a two-atom crystal by a frozen phonon, for any energy-and-forces function (GPAW, a model).
+"""Frozen Γ phonons for any energy-and-forces function (GPAW, a model): the TO frequency of a two-atom crystal, and
+the energy along the ferroelectric soft mode of cubic BaTiO3.
 
-The lattice constant a0 comes from a Birch–Murnaghan fit of E(V) at seven lattice constants (±3 % of a guess); then
+TO: the lattice constant a0 comes from a Birch–Murnaghan fit of E(V) at seven lattice constants (±3 % of a guess); then
 atom 0 is displaced by ±u along x. Displacing one sublattice of the primitive cell is a Γ phonon (all images move
 together), and with two atoms the acoustic sum rule gives ω²_TO = Φ (1/m_1 + 1/m_2), Φ = -dF_0x/du_0x (central
 difference). No macroscopic field arises in the periodic cell, so this is the TO frequency.
@@ -44,4 +45,31 @@ def gamma_to(name: str, lattice: str, guess: float, evaluate: EnergyAndForces, d
         "bulk_modulus_GPa": float(bulk_modulus) / GPA,
         "force_constant_eV_A2": float(phi),
         "to_THz": float(np.sign(omega2) * np.sqrt(abs(omega2)) * THZ_PER_SQRT_EV_A2_AMU),
+    }
+
+
+SOFT_MODE_AMPLITUDES = (0.0, 0.04, 0.08, 0.12, 0.16)
+"""Å, Ti displacements of the BaTiO3 soft-mode scan."""
+
+
+def soft_mode_scan(evaluate: EnergyAndForces, a: float = 4.0, amplitudes=SOFT_MODE_AMPLITUDES) -> dict:
+    """E(u) - E(0) (meV per formula unit) of cubic BaTiO3 (lattice constant ``a`` Å, held fixed) with Ti moved by u
+    along z and the three O by -u/2 (the pattern of the tetragonal P4mm phase): negative values mean the cubic
+    Pm-3m structure is unstable towards P4mm at this volume."""
+    cubic = Atoms(
+        "BaTiO3",
+        scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)],
+        cell=np.eye(3) * a,
+        pbc=True,
+    )
+    energies = []
+    for u in amplitudes:
+        atoms = cubic.copy()
+        atoms.positions[1, 2] += u
+        atoms.positions[2:, 2] -= 0.5 * u
+        energies.append(evaluate(atoms)[0])
+    return {
+        "a_A": a,
+        "amplitudes_A": list(amplitudes),
+        "energy_meV": [1000 * (e - energies[0]) for e in energies],
     }
