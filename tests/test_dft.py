@@ -13,7 +13,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from mtsim.training.builders import dft
+from mtsim.training.builders import dft, dft_structures
 
 needs_gpaw = pytest.mark.skipif(
     not os.environ.get("MTSIM_REQUIRE_DFT") and dft._version("gpaw") == "not installed",
@@ -172,12 +172,12 @@ def test_energy_offsets_put_a_second_source_on_the_first_scale():
 def test_split_writes_train_val_test_files_with_absolute_moments(tmp_path):
     frames = _labelled(_structures(np.random.default_rng(2)), {"Cu": -3.1, "Ni": -4.2, "Al": -2.5})
     for k, atoms in enumerate(frames):
-        atoms.info["split"] = dft.SPLITS[k % 3]
+        atoms.info["split"] = dft_structures.SPLITS[k % 3]
         atoms.calc.results["magmoms"] = np.linspace(-1.0, 1.0, len(atoms))
     path = tmp_path / "labelled.extxyz.gz"
     ase.io.write(path, frames, format="extxyz")
     assert dft.main(["split", "--labelled", str(path), "--out", str(tmp_path / "splits")]) == 0
-    for name in dft.SPLITS:
+    for name in dft_structures.SPLITS:
         written = ase.io.read(tmp_path / "splits" / f"gpaw_{name}.extxyz", ":")
         expected = [a for a in frames if a.info["split"] == name]
         assert [a.info["structure_id"] for a in written] == [a.info["structure_id"] for a in expected]
@@ -191,8 +191,6 @@ def test_split_writes_train_val_test_files_with_absolute_moments(tmp_path):
 
 
 def test_structure_set_is_small_split_and_deterministic(tmp_path):
-    from mtsim.training.builders import dft_structures
-
     frames = dft_structures.build(None, seed=3)
     again = dft_structures.build(None, seed=3)
     assert [a.info["structure_id"] for a in frames] == [a.info["structure_id"] for a in again]

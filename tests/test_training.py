@@ -310,6 +310,29 @@ def test_finetuning_adds_the_repulsion_to_a_checkpoint_without_it(tmp_path, data
     assert load_checkpoint(trainer.last_path).config.repulsion
 
 
+def test_finetuning_moves_the_energy_scale_by_the_offsets(tmp_path, data_file, dataset):
+    """``finetune.energy_offsets``: every energy moves by -sum of the atoms' offsets, forces stay; recorded."""
+    save_checkpoint(tiny_model(seed=1), tmp_path / "base.pt")
+    offsets = {"Cu": 1.25, "Al": -0.5}
+    (tmp_path / "offsets.json").write_text(json.dumps({"offsets_eV_per_atom": offsets}))
+    finetune = {"checkpoint": str(tmp_path / "base.pt"), "energy_offsets": str(tmp_path / "offsets.json")}
+    model = prepare_model(
+        make_config(data_file, tmp_path / "run", model={"dtype": "float64"}, finetune=finetune), dataset
+    )
+    base = load_checkpoint(tmp_path / "base.pt")
+    atoms = labelled_frames()[0]
+    shift = -sum(offsets.get(symbol, 0.0) for symbol in atoms.get_chemical_symbols())
+    assert shift != 0.0
+    before, after = base.predict(atoms), model.predict(atoms)
+    assert after["energy"] == pytest.approx(before["energy"] + shift, abs=1e-9)
+    np.testing.assert_allclose(after["forces"], before["forces"], atol=1e-12)
+    assert model.metadata["energy_offsets"]["eV"] == offsets
+    (tmp_path / "bad.json").write_text(json.dumps({"offsets_eV_per_atom": {"Xx": 1.0}}))
+    finetune["energy_offsets"] = str(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="Xx"):
+        prepare_model(make_config(data_file, tmp_path / "bad", model={"dtype": "float64"}, finetune=finetune), dataset)
+
+
 def test_provenance_names_untrained_heads_and_data(tmp_path, data_file, dataset):
     from mtsim.training.exporter import export_metadata
 
@@ -364,6 +387,10 @@ def test_config_validation_names_the_offending_key(tmp_path):
         ({**base, "optimizer": {"head_lr": 0.0, "backbone_lr": 0.0}}, "freezes every parameter"),
         ({**base, "model": {"dim": 30}}, "not divisible"),
         ({**base, "finetune": {"reinit_heads": ["energy"]}}, "needs finetune.checkpoint"),
+        (
+            {**base, "finetune": {"energy_offsets": "offsets.json"}},
+            "'finetune.energy_offsets' needs finetune.checkpoint",
+        ),
         ({**base, "finetune": {"checkpoint": "x.pt"}, "model": {"dim": 64}}, "'model.dim' cannot be set"),
         (
             {**base, "finetune": {"checkpoint": "x.pt", "reinit_heads": ["forces"]}},

@@ -119,6 +119,10 @@ class FinetuneSection:
 
     checkpoint: str | None = None
     reinit_heads: list[Head] = field(default_factory=list)
+    energy_offsets: str | None = None
+    """JSON of per-element offsets δ (eV per atom, ``{"offsets_eV_per_atom": {"Si": ..., ...}}``, as written by
+    ``python -m mtsim.training.builders.dft align``) from the checkpoint's energy scale to the data's: each
+    reference energy becomes E_Z - δ_Z before training."""
 
 
 @dataclass
@@ -177,6 +181,8 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     config.data.val = [resolve(p) for p in config.data.val]
     if config.finetune.checkpoint is not None:
         config.finetune.checkpoint = resolve(config.finetune.checkpoint)
+    if config.finetune.energy_offsets is not None:
+        config.finetune.energy_offsets = resolve(config.finetune.energy_offsets)
     return config
 
 
@@ -290,6 +296,7 @@ def _check_values(config: TrainConfig) -> None:
         )
     else:
         require(not config.finetune.reinit_heads, "finetune.reinit_heads", "needs finetune.checkpoint")
+        require(config.finetune.energy_offsets is None, "finetune.energy_offsets", "needs finetune.checkpoint")
         for name, value in config.model.overrides().items():
             require(value > 0, f"model.{name}", "must be positive")
         try:

@@ -27,6 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from ase.data import atomic_numbers
 
 from mtsim.training.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_checkpoint, save_checkpoint
 from mtsim.training.config import TrainConfig
@@ -107,6 +108,22 @@ def _set_scale(buffer: torch.Tensor, value: float) -> float:
     return float(buffer)
 
 
+def shift_reference_energies(model: MTModel, path: str) -> dict[str, float]:
+    """Put ``model`` on another energy scale: E_Z -= δ_Z for the per-element offsets δ (eV per atom) in the JSON
+    file ``path`` (``offsets_eV_per_atom``, as ``mtsim.training.builders.dft align`` writes it); recorded in
+    ``model.metadata["energy_offsets"]``. Returns the offsets."""
+    with open(path) as handle:
+        offsets = json.load(handle)["offsets_eV_per_atom"]
+    unknown = [symbol for symbol in offsets if atomic_numbers.get(symbol, MAX_Z + 1) > MAX_Z]
+    if unknown:
+        raise ValueError(f"{path}: offsets for elements the model does not have: {unknown}")
+    with torch.no_grad():
+        for symbol, delta in offsets.items():
+            model.reference_energies[atomic_numbers[symbol]] -= delta
+    model.metadata["energy_offsets"] = {"file": os.path.basename(path), "sha256": file_sha256(path), "eV": offsets}
+    return offsets
+
+
 def reinitialise_heads(model: MTModel, heads: Sequence[str], seed: int) -> None:
     """Replace the weights of ``heads`` by a fresh initialisation drawn with ``seed`` (the global RNG is left
     untouched)."""
@@ -134,6 +151,8 @@ def prepare_model(config: TrainConfig, train_set: AtomsDataset) -> MTModel:
         }
         if config.model.repulsion is not None:
             model = with_repulsion(model, config.model.repulsion)
+        if tuning.energy_offsets is not None:
+            shift_reference_energies(model, tuning.energy_offsets)
         reinitialise_heads(model, tuning.reinit_heads, config.seed)
         fresh_heads = tuple(tuning.reinit_heads)
     if config.normalise:

@@ -57,6 +57,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mtsim.training.builders._io import structure_id, write_manifest
+from mtsim.training.builders.dft_structures import SPLITS
 from mtsim.training.checkpoint import file_sha256
 
 SOURCE = "GPAW PBE"
@@ -466,9 +467,6 @@ def align_energies(frames: Iterable[ase.Atoms], offsets: dict[str, float]) -> li
         copy.calc = SinglePointCalculator(copy, **results)
         aligned.append(copy)
     return aligned
-
-
-SPLITS = ("train", "val", "test")
 
 
 def training_splits(frames: Iterable[ase.Atoms]) -> dict[str, list[ase.Atoms]]:
