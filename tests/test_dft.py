@@ -3,6 +3,10 @@ energies of two sources on one scale. Small settings (250 eV, coarse k) keep eac
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # GPAW's BLAS, loaded with gpaw: threads beside pytest's thrash
 
@@ -102,6 +106,47 @@ def test_a_run_records_failures_goes_on_and_resumes(tmp_path):
     assert snapshot["counts"]["labelled"] == 2 and len(ase.io.read(out / "labelled.extxyz.gz", ":")) == 2
     assert dft.repair_tail(str(out / dft.LABELLED)) == 2
     assert (out / dft.LABELLED).read_bytes() == first
+
+
+def _workers(pid: int) -> list[int]:
+    """The labeller's worker processes among the children of ``pid`` (Linux /proc)."""
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except FileNotFoundError:
+        return []
+    return [int(c) for c in children if b"multiprocessing-fork" in open(f"/proc/{c}/cmdline", "rb").read()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@needs_gpaw
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_run_takes_its_workers_with_it(tmp_path, sig):
+    """SIGTERM stops a run like Ctrl-C (exit 130, workers terminated at once); after SIGKILL the workers get
+    SIGTERM from the kernel (parent-death signal) instead of finishing calculations nobody will write."""
+    structures = tmp_path / "in.extxyz"
+    ase.io.write(structures, [nacl((0.01 * k, 0.0, 0.0)) for k in range(6)])
+    command = [sys.executable, "-m", "mtsim.training.builders.dft", "label", "--data", str(structures)]
+    command += ["--out", str(tmp_path / "out"), "--workers", "2", "--ecut", "250", "--kpoint-density", "1.2"]
+    process = subprocess.Popen(command + ["--no-bader", "--quiet"])
+    deadline = time.monotonic() + 120
+    while len(_workers(process.pid)) < 2 or not any((tmp_path / "out" / "logs").glob("*.txt")):
+        assert process.poll() is None and time.monotonic() < deadline, "the run did not start two calculations"
+        time.sleep(0.2)
+    workers = _workers(process.pid)
+    process.send_signal(sig)
+    code = process.wait(timeout=30)
+    assert code == (130 if sig == signal.SIGTERM else -signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived the run"
+        time.sleep(0.2)
 
 
 def test_kpoint_mesh_follows_the_density_and_skips_open_directions():

@@ -46,7 +46,9 @@ import math
 import multiprocessing
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 
@@ -205,10 +207,25 @@ def settings_info(atoms: ase.Atoms, settings: DFTSettings) -> dict:
 
 
 def _init_worker() -> None:
-    """One thread per worker; the worker's standard output (baderkit prints from compiled code) to /dev/null."""
+    """One thread per worker; the worker's standard output (baderkit prints from compiled code) to /dev/null; on
+    Linux the worker gets SIGTERM when the run's process dies, even by SIGKILL (``PR_SET_PDEATHSIG``)."""
     os.environ["OMP_NUM_THREADS"] = "1"
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Terminate the workers at once: the results of their calculations would be discarded anyway."""
+    for process in list((pool._processes or {}).values()):
+        process.terminate()
 
 
 def _task(atoms: ase.Atoms, settings: DFTSettings, log_path: str) -> tuple[str, str]:
@@ -317,6 +334,8 @@ def run(
     )
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # SIGTERM as Ctrl-C
     try:
         futures = {
             pool.submit(_task, atoms, settings, os.path.join(out, "logs", atoms.info["structure_id"] + ".txt")): atoms
@@ -348,10 +367,12 @@ def run(
             )
     except KeyboardInterrupt:
         _say(quiet, "[dft] interrupted: what finished is written; a rerun resumes")
-        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return write_run_manifest(structures, out, settings)
 
 
@@ -548,7 +569,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "label":
         names = [f.name for f in dataclasses.fields(DFTSettings) if f.type in ("float", "int")]
         settings = DFTSettings(bader=not args.no_bader, **{name: getattr(args, name) for name in names})
-        manifest = run(args.data, args.out, settings, args.workers, args.retry_failed, args.limit, args.quiet)
+        try:
+            manifest = run(args.data, args.out, settings, args.workers, args.retry_failed, args.limit, args.quiet)
+        except KeyboardInterrupt:
+            return 130
         print(json.dumps(manifest["counts"]))
     elif args.command == "snapshot":
         print(json.dumps(snapshot(args.out, args.data)["counts"]))
