@@ -594,8 +594,8 @@ def test_exploding_time_step_stops_early(model):
 
 
 def test_cli_md_restart_and_overwrite(cli, tmp_path):
-    """``mtsim md --restart`` continues bitwise and appends to the log; an existing log is an error (before the
-    model loads) unless --overwrite."""
+    """``mtsim md --restart`` continues bitwise (without STRUCTURE) and appends to the log; an existing log is an
+    error (before the model loads) unless --overwrite."""
     structure = tmp_path / "in.extxyz"
     crystal((1, 1, 2), symbols=["Na", "Cl"] * 4).write(structure)
     base = [
@@ -620,7 +620,12 @@ def test_cli_md_restart_and_overwrite(cli, tmp_path):
         __import__("mtsim.cli", fromlist=["main"]).main, [str(a) for a in [*base, "--steps", 10, "--log", log]]
     )
     assert again.exit_code == 2 and "run.csv exists" in again.output and "--overwrite" in again.output
-    second = cli(*base, "--steps", 10, "--log", log, "--restart", tmp_path / "run.restart.npz")
+    missing = CliRunner().invoke(
+        __import__("mtsim.cli", fromlist=["main"]).main, [str(a) for a in ["md", *base[2:], "--steps", 10]]
+    )
+    assert missing.exit_code == 2 and "STRUCTURE is needed unless --restart" in missing.output
+    without_structure = [a for a in base if a != structure]  # the restart file holds the state
+    second = cli(*without_structure, "--steps", 10, "--log", log, "--restart", tmp_path / "run.restart.npz")
     assert second.exit_code == 0, second.output
     expected, got = read_log(tmp_path / "straight.csv"), read_log(log)
     np.testing.assert_array_equal(got["step"], [0, 5, 10, 15, 20])

@@ -45,7 +45,7 @@ def write_structure(path, structure, prediction=None, info=None) -> None:
 
 # ================================================================================================ md
 @click.command("md")
-@click.argument("structure", type=click.Path(exists=True, dir_okay=False))
+@click.argument("structure", type=click.Path(exists=True, dir_okay=False), required=False)
 @model_options
 @click.option("--ensemble", type=click.Choice(["nve", "nvt-langevin", "nvt-nh", "npt"]), required=True)
 @click.option(
@@ -162,9 +162,13 @@ def md(
 ):
     """Molecular dynamics of STRUCTURE (any ASE format; the last frame).
 
-    Existing output files are an error unless --overwrite; --restart continues a run: its log and trajectory are
-    appended to, its restart file and -o output replaced."""
-    from mtsim.md import MDError, RemoveAtoms, Simulation, make_integrator
+    Existing output files are an error unless --overwrite; --restart continues a run (no STRUCTURE needed): its log
+    and trajectory are appended to, its restart file and -o output replaced."""
+    from mtsim.md import MDError, RemoveAtoms
+    from mtsim.md import run as run_md
+
+    if structure is None and restart is None:
+        raise click.UsageError("STRUCTURE is needed unless --restart continues a run")
 
     if restart_file is None:
         stem = Path(log_path or trajectory or "md")
@@ -187,9 +191,8 @@ def md(
         check_arguments((positive, "--max-temperature", max_temperature))
     if remove_every is not None:
         check_arguments((positive, "--remove-every", remove_every))
-    atoms = read_structure(structure)
+    atoms = None if restart is not None else read_structure(structure)
     model = load_model(model_path, device, precision)
-    velocity_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
     hooks = []
     if remove_element is not None:
         if remove_every is None:
@@ -199,38 +202,31 @@ def md(
         except (KeyError, ValueError) as err:
             raise click.ClickException(f"--remove-element: {err}") from None
     try:
-        integrator = make_integrator(
-            ensemble,
-            timestep,
-            temperature,
-            pressure,
-            seed=noise_seed,
-            friction=friction,
-            tdamp=tdamp,
-            pdamp=pdamp,
-            barostat=barostat,
-        )
-        sim = Simulation(
-            model,
-            atoms,
-            integrator,
-            temperature=temperature,
-            seed=velocity_seed,
-            field=None if field is None else np.array(field) * MV_PER_CM,
-            restart=restart,
-            max_temperature=max_temperature,
-            max_drift=max_drift,
-        )
         with progress(length=steps, label=f"md {ensemble}") as bar:
-            sim.run(
+            sim = run_md(
+                model,
+                atoms,
+                ensemble,
+                timestep,
                 steps,
+                temperature,
+                pressure,
+                field=None if field is None else np.array(field) * MV_PER_CM,
+                seed=seed,
+                friction=friction,
+                tdamp=tdamp,
+                pdamp=pdamp,
+                barostat=barostat,
                 log=log_path,
                 trajectory=trajectory,
                 interval=interval,
                 hooks=[*hooks, lambda _: bar.update(1)],
                 overwrite=overwrite,
+                restart=restart,
                 restart_file=restart_file,
                 restart_interval=restart_interval,
+                max_temperature=max_temperature,
+                max_drift=max_drift,
             )
     except (MDError, ValueError) as err:
         raise click.ClickException(str(err)) from None
