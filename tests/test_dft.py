@@ -214,6 +214,33 @@ def test_energy_offsets_put_a_second_source_on_the_first_scale():
     assert all("forces" in a.calc.results for a in kept)
 
 
+def test_align_command_takes_the_offsets_from_paired_structures(tmp_path):
+    """``align --pairs``: offsets from the other source's labels of the GPAW structures, applied to other frames."""
+    gpaw_scale, other_scale = {"Cu": -3.1, "Ni": -4.2, "Al": -2.5}, {"Cu": 1.0, "Ni": 0.4, "Al": -0.7}
+    structures = _structures(np.random.default_rng(0))
+    others = _structures(np.random.default_rng(5))
+    for atoms in others:
+        atoms.info["structure_id"] += "-other"
+    files = {
+        "gpaw": _labelled(structures, gpaw_scale),
+        "pairs": _labelled(structures, other_scale),
+        "other": _labelled(others, other_scale),
+    }
+    for name, frames in files.items():
+        ase.io.write(tmp_path / f"{name}.extxyz", frames)
+    arguments = ["align", "--out", str(tmp_path / "aligned.extxyz")]
+    for name in files:
+        arguments += [f"--{name}", str(tmp_path / f"{name}.extxyz")]
+    assert dft.main(arguments) == 0
+    aligned = ase.io.read(tmp_path / "aligned.extxyz", ":")
+    expected = _labelled(others, gpaw_scale)
+    np.testing.assert_allclose(
+        [a.get_potential_energy() for a in aligned], [a.get_potential_energy() for a in expected], atol=1e-6
+    )
+    offsets = json.loads((tmp_path / "aligned.extxyz.offsets.json").read_text())["offsets_eV_per_atom"]
+    assert offsets == pytest.approx({s: other_scale[s] - gpaw_scale[s] for s in gpaw_scale}, abs=1e-9)
+
+
 def test_split_writes_train_val_test_files_with_absolute_moments(tmp_path):
     frames = _labelled(_structures(np.random.default_rng(2)), {"Cu": -3.1, "Ni": -4.2, "Al": -2.5})
     for k, atoms in enumerate(frames):

@@ -564,6 +564,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     al = commands.add_parser("align", help="put another source's energies on the GPAW scale")
     al.add_argument("--gpaw", required=True, help="labelled.extxyz of this builder")
     al.add_argument("--other", required=True, help="extxyz labelled by another source (e.g. the CHGNet teacher)")
+    al.add_argument(
+        "--pairs",
+        default=None,
+        help="the other source's labels of structures of --gpaw (same structure_id): the offsets come from these",
+    )
     al.add_argument("--out", required=True, help="aligned extxyz; the offsets go to OUT.offsets.json")
     args = parser.parse_args(argv)
     if args.command == "label":
@@ -594,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({name: len(frames) for name, frames in splits.items()}))
     else:
         gpaw, other = _read_all(args.gpaw), _read_all(args.other)
-        offsets = energy_offsets(other, gpaw)
+        offsets = energy_offsets(other if args.pairs is None else _read_all(args.pairs), gpaw)
         aligned = align_energies(other, offsets)
         ase.io.write(args.out, aligned, format="extxyz")
         with open(args.out + ".offsets.json", "w") as handle:
