@@ -14,7 +14,7 @@ from mtsim.model import PER_ATOM_OUTPUTS as PER_ATOM  # noqa: E402
 from mtsim.model import PER_STRUCTURE_OUTPUTS as PER_STRUCTURE  # noqa: E402
 from mtsim.training import PRESETS, MTModel, build_model  # noqa: E402
 from mtsim.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from mtsim.training.model import with_repulsion  # noqa: E402
+from mtsim.training.model import Graph, with_repulsion  # noqa: E402
 
 SMALL = dict(num_blocks=2, dim=32, ffn_dim=32, num_heads=4, num_gaussians=16)
 
@@ -271,6 +271,27 @@ def test_checkpoint_without_repulsion_loads_without_it(tmp_path, model, structur
     atoms = structures["compressed"]
     np.testing.assert_allclose(with_repulsion(old, True).predict(atoms)["energy"], model.predict(atoms)["energy"])
     assert abs(old.predict(atoms)["energy"] - model.predict(atoms)["energy"]) > 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_ignores_padding_slots_whatever_their_logits(dtype):
+    """A padding slot (mask 0) whose logit is far above the atom's edges (an unrelated atom pair of another
+    structure in a batch) leaves the softmax-weighted sum unchanged: finite, and the sum over the real edges."""
+    generator = torch.Generator().manual_seed(0)
+    n, k, heads, dh = 3, 4, 2, 5
+    is_edge = torch.tensor([[True, True, True, False], [True, True, False, False], [True, False, False, False]])
+    mask = torch.rand(n, k, generator=generator, dtype=dtype) * is_edge
+    graph = Graph(None, None, is_edge, mask=mask)
+    logits = torch.randn(n, k, heads, generator=generator, dtype=dtype)
+    values = torch.randn(n, k, heads, dh, generator=generator, dtype=dtype)
+    weights = torch.exp(logits) * mask[..., None]
+    reference = graph.aggregate(logits, values)
+    logits[~is_edge] = 1000.0  # exp(1000 - top) overflows in either precision
+    out = graph.aggregate(logits, values)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    expected = (weights[..., None] * values).sum(1) / weights.sum(1)[..., None]
+    torch.testing.assert_close(out, expected)
 
 
 def test_float32_matches_float64():

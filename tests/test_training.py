@@ -1,6 +1,7 @@
 """Training package: datasets with partial labels, the masked loss, exact resume, fine-tuning, config validation,
 the ``mtsim train`` command and the ensemble uncertainty (mtsim.training.{data,loss,trainer,config})."""
 
+import copy
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import ase  # noqa: E402
 import ase.db  # noqa: E402
 import ase.io  # noqa: E402
 from ase.build import bulk  # noqa: E402
@@ -257,6 +259,22 @@ def test_resume_is_bitwise_exact(tmp_path, data_file):
         assert all(torch.equal(pa[k], pb[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
     assert a["training"]["scheduler"] == b["training"]["scheduler"]
     assert (tmp_path / "straight" / "metrics.jsonl").read_text() == (tmp_path / "pieces" / "metrics.jsonl").read_text()
+
+
+def test_non_finite_loss_stops_before_the_weights_change(tmp_path, data_file, dataset):
+    """A batch whose loss is not finite raises FloatingPointError naming the step and the batch's structures; the
+    weights are those before the step."""
+    config = make_config(data_file, tmp_path / "run")
+    trainer = Trainer(config, prepare_model(config, dataset), dataset)
+    before = {key: value.clone() for key, value in trainer.model.state_dict().items()}
+    sample = copy.deepcopy(dataset.samples[0])
+    sample.labels["energy"] = np.array(np.inf)
+    with pytest.raises(FloatingPointError, match=r"step 1: the loss is not finite \(MAEs: energy inf") as error:
+        trainer.train_step(collate([sample, dataset.samples[1]], trainer.model.dtype))
+    formula = ase.Atoms(numbers=sample.graph["numbers"]).get_chemical_formula()
+    assert f"batch of 2: {formula}" in str(error.value)
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
 
 
 def test_finetuning_freezes_the_backbone_and_reinitialises_heads(tmp_path, data_file, dataset):

@@ -176,10 +176,13 @@ class Graph:
 
         ``logits`` [n,k,H]; ``values`` [n,k,...,H,dh] (already gathered at the senders). The maximum subtracted
         for stability is over the atom's edges (not its padding) and detached: it cancels exactly, so gradients
-        are unchanged.
+        are unchanged. Padding slots take that maximum as their logit (their weight is zero either way).
         """
         logits_ = logits.detach()
         top = torch.where(self.is_edge[:, :, None], logits_, logits_[:, :1]).amax(1, keepdim=True)
+        # padding slots hold an unrelated atom pair whose logit can exceed the top by > 88: exp would be inf in
+        # float32 and inf * mask 0 NaN; at the top they give exp(0) * 0 = 0, what they give whenever finite
+        logits = torch.where(self.is_edge[:, :, None], logits, top)
         weight = torch.exp(logits - top) * self.mask[:, :, None]
         norm = weight.sum(1)
         extra = [1] * (values.dim() - 4)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import ase
 import numpy as np
 import torch
 from ase.data import atomic_numbers
@@ -282,16 +283,32 @@ class Trainer:
         """One AdamW update on ``batch``, then the EMA update; returns the loss and the per-task MAEs."""
         batch = batch.to(self.device)
         loss, errors = multitask_loss(self.model(**batch.inputs), batch, self.weights)
+        if not torch.isfinite(loss):
+            raise self.non_finite("loss", errors, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.config.optimizer.grad_clip is not None:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        clip = math.inf if self.config.optimizer.grad_clip is None else self.config.optimizer.grad_clip
+        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip)):
+            raise self.non_finite("gradient", errors, batch)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         self.update_ema()
         return {"loss": loss.item(), **{task: error.item() for task, error in errors.items()}}
+
+    def non_finite(self, what: str, errors: dict, batch: Batch) -> FloatingPointError:
+        """The error that stops a run before a NaN or inf reaches the weights (they are those of ``last.pt`` plus
+        the updates since): the step, the per-task MAEs and the batch's structures."""
+        formulas = []
+        for k in range(len(batch.num_atoms)):
+            numbers = batch.inputs["numbers"][batch.inputs["batch"] == k].cpu().numpy()
+            formulas.append(ase.Atoms(numbers=numbers).get_chemical_formula())
+        maes = ", ".join(f"{task} {float(error.mean()):.4g}" for task, error in errors.items())
+        return FloatingPointError(
+            f"step {self.step + 1}: the {what} is not finite (MAEs: {maes}); batch of {len(formulas)}: "
+            f"{' '.join(formulas)}. The weights were not updated."
+        )
 
     @torch.no_grad()
     def update_ema(self) -> None:
