@@ -241,6 +241,29 @@ def test_align_command_takes_the_offsets_from_paired_structures(tmp_path):
     assert offsets == pytest.approx({s: other_scale[s] - gpaw_scale[s] for s in gpaw_scale}, abs=1e-9)
 
 
+def test_implausible_bader_charges_are_rejected_and_rechecked(tmp_path):
+    """Charges outside [-(shell to fill), valence] (baderkit's missed basins: C +6.00 in SiC, Ba -63.75 in
+    BaTiO3, seen in the data set) are rejected; realistic ones pass; ``recheck`` applies this to a labelled file."""
+    assert dft.implausible_charges([11, 17], [0.86, -0.86]) is None
+    assert dft.implausible_charges([12, 8], [1.70, -2.05]) is None  # O may take 2 (+ the slack)
+    assert "C1 +6.00 outside [-4, 4]" in dft.implausible_charges([14, 6], [-6.0, 6.0])
+    assert "Ba0 -63.75" in dft.implausible_charges([56, 22, 8], [-63.75, 22.0, 41.75])
+    assert "O1 -2.30" in dft.implausible_charges([12, 8], [2.30, -2.30])
+    frames = []
+    for charges in ([0.86, -0.86], [-6.0, 6.0]):
+        atoms = nacl() if charges[0] > 0 else bulk("SiC", "zincblende", a=4.36)
+        atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((2, 3)), charges=np.array(charges))
+        frames.append(atoms)
+    ase.io.write(tmp_path / dft.LABELLED, frames, format="extxyz")
+    assert dft.main(["recheck", "--out", str(tmp_path)]) == 0
+    good, bad = ase.io.read(tmp_path / dft.LABELLED, ":")
+    np.testing.assert_allclose(good.get_charges(), [0.86, -0.86])
+    assert "charges" not in bad.calc.results and bad.get_potential_energy() == -1.0
+    assert "implausible" in bad.info["bader_error"]
+    np.testing.assert_allclose(bad.info["bader_charges_rejected"], [-6.0, 6.0])
+    assert dft.recheck_charges(tmp_path) == 0  # idempotent
+
+
 def test_split_writes_train_val_test_files_with_absolute_moments(tmp_path):
     frames = _labelled(_structures(np.random.default_rng(2)), {"Cu": -3.1, "Ni": -4.2, "Al": -2.5})
     for k, atoms in enumerate(frames):

@@ -23,8 +23,9 @@ Labels (``SinglePointCalculator``, so that ``mtsim.training.data`` reads them):
 - ``magmoms``: |m| of GPAW's local moments in the PAW spheres (μB), the magnitude as for the CHGNet labels;
 - ``charges``: Bader charges ``Z - N_i`` (e), with ``N_i`` the electrons of atom ``i``'s basin of GPAW's
   all-electron density (``gridrefinement`` 2), partitioned by baderkit. The residual ``sum_i q_i`` is recorded as
-  ``info["charge_residual"]``; a frame whose |residual| exceeds ``charge_tol``, or whose partition failed
-  (``info["bader_error"]``), keeps every label but the charges.
+  ``info["charge_residual"]``; a frame whose |residual| exceeds ``charge_tol``, whose charges break the bounds of
+  :func:`implausible_charges` (a missed basin), or whose partition failed (``info["bader_error"]`` says which),
+  keeps every label but the charges.
 
 A run (:func:`run`) labels every structure of an input file in worker processes (one per core by default) and
 appends each result as it completes to ``OUT/labelled.extxyz``; failures go to ``OUT/failed.jsonl`` with their
@@ -53,6 +54,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 import ase
+import ase.data
 import ase.io
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -146,6 +148,57 @@ def bader_charges(atoms: ase.Atoms, calc, gridrefinement: int = 2, workdir: str 
     return atoms.numbers - electrons
 
 
+NOBLE_GASES = (0, 2, 10, 18, 36, 54, 86, 118)
+"""Atomic numbers of the noble gases (0 for the shell below He)."""
+CHARGE_SLACK = 0.1
+"""e, tolerance of the bounds of ``implausible_charges``."""
+
+
+def implausible_charges(numbers: Sequence[int], charges: Sequence[float]) -> str | None:
+    """Why a Bader partition cannot be right, or None: an atom gave away more than its valence electrons
+    (q > Z - Z_core, Z_core the noble gas below) or took more than fill its shell (q < -(Z_noble above - Z)), by
+    more than ``CHARGE_SLACK``. A partition that misses an atom's basin (baderkit does on some cells) breaks
+    these bounds while its sum stays zero."""
+    problems = []
+    for index, (z, q) in enumerate(zip(numbers, charges)):
+        below = max(g for g in NOBLE_GASES if g < z)
+        above = min(g for g in NOBLE_GASES if g >= z)
+        if q > z - below + CHARGE_SLACK or q < -(above - z) - CHARGE_SLACK:
+            problems.append(f"{ase.data.chemical_symbols[z]}{index} {q:+.2f} outside [{z - above}, {z - below}]")
+    return "implausible Bader charges: " + ", ".join(problems) if problems else None
+
+
+def check_charges(frame: ase.Atoms, charges: np.ndarray, tolerance: float) -> bool:
+    """Whether ``charges`` pass the checks (|sum| within ``tolerance``, ``implausible_charges``); records the
+    residual in ``frame.info`` and, for rejected charges, ``bader_charges_rejected`` and the reason."""
+    residual = float(np.sum(charges))
+    frame.info["charge_residual"] = residual
+    problem = f"|sum of charges| {abs(residual):.3g} e above {tolerance:g} e" if abs(residual) > tolerance else None
+    problem = problem or implausible_charges(frame.numbers, charges)
+    if problem is not None:
+        frame.info["bader_charges_rejected"] = " ".join(f"{q:.4f}" for q in charges)
+        frame.info["bader_error"] = problem
+    return problem is None
+
+
+def recheck_charges(out: str | os.PathLike, tolerance: float = DFTSettings.charge_tol) -> int:
+    """Apply the current charge checks to the frames of ``OUT/labelled.extxyz`` (atomic rewrite; the labels
+    other than rejected charges are kept, nothing is recomputed); returns the number of frames whose charges were
+    rejected now. Run it while no labeller appends to the file."""
+    path = os.path.join(os.fspath(out), LABELLED)
+    repair_tail(path)
+    frames, rejected = _read_all(path), 0
+    for frame in frames:
+        charges = frame.calc.results.get("charges")
+        if charges is not None and not check_charges(frame, charges, tolerance):
+            results = {k: v for k, v in frame.calc.results.items() if k != "charges"}
+            frame.calc = SinglePointCalculator(frame, **results)
+            rejected += 1
+    ase.io.write(path + ".tmp", frames, format="extxyz")
+    os.replace(path + ".tmp", path)
+    return rejected
+
+
 def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> ase.Atoms:
     """``atoms`` labelled by GPAW under ``settings`` (a new Atoms with a SinglePointCalculator and ``dft_*`` info).
 
@@ -174,13 +227,8 @@ def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> 
         except Exception as err:  # the partition failed, the DFT labels stand
             out.info["bader_error"] = f"{type(err).__name__}: {err}"
             charges = None
-    if settings.bader and charges is not None:
-        residual = float(charges.sum())
-        out.info["charge_residual"] = residual
-        if abs(residual) <= settings.charge_tol:
-            results["charges"] = charges
-        else:
-            out.info["bader_charges_rejected"] = " ".join(f"{q:.4f}" for q in charges)
+    if settings.bader and charges is not None and check_charges(out, charges, settings.charge_tol):
+        results["charges"] = charges
     out.info.update(settings_info(work, settings))
     out.info.update(
         {
@@ -558,6 +606,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sn = commands.add_parser("snapshot", help="write labelled.extxyz.gz and manifest.json (while a run goes on)")
     sn.add_argument("--data", required=True, help="the structures the run labels")
     sn.add_argument("--out", required=True, help="the run's output folder")
+    rc = commands.add_parser("recheck", help="apply the current Bader charge checks to labelled frames (in place)")
+    rc.add_argument("--out", required=True, help="the run's output folder (no labeller may be appending)")
     sp = commands.add_parser("split", help="write the labelled frames as train/val/test extxyz files for mtsim train")
     sp.add_argument("--labelled", required=True, help="labelled.extxyz(.gz) of this builder")
     sp.add_argument("--out", required=True, help="folder for gpaw_train.extxyz, gpaw_val.extxyz, gpaw_test.extxyz")
@@ -590,6 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for atoms in frames:
             categories[atoms.info["category"]] = categories.get(atoms.info["category"], 0) + 1
         print(json.dumps({"structures": len(frames), "categories": categories}))
+    elif args.command == "recheck":
+        print(json.dumps({"charges_rejected": recheck_charges(args.out)}))
     elif args.command == "split":
         from mtsim.training.builders._io import write_frames
 
