@@ -103,7 +103,7 @@ def validation_panel(seed: int = 0) -> list[tuple[str, list]]:
     one_atom_skew = Atoms("Cu", cell=[[2.6, 0, 0], [0.4, 2.5, 0], [0.3, 0.5, 2.7]], pbc=True)
     perfect = bulk("NaCl", "rocksalt", a=5.64, cubic=True)  # zero forces by symmetry
     large = rattled(bulk("MgO", "rocksalt", a=4.21, cubic=True) * (5, 5, 2), 0.03)  # 200 atoms
-    compressed = rattled(bulk("MgO", "rocksalt", a=3.3, cubic=True), 0.1)  # Mg-O 0.8x the covalent radii
+    compressed = rattled(bulk("MgO", "rocksalt", a=3.0, cubic=True), 0.1)  # Mg-O 0.72x the covalent radii
     sparse = Atoms("HeAr", positions=[[0, 0, 0], [6.0, 6.0, 6.0]], cell=np.eye(3) * 12.0, pbc=True)
     return [
         ("molecule", [ethanol]),
