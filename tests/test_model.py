@@ -247,7 +247,7 @@ def test_repulsion_is_zbl_inside_and_zero_outside_the_switch(model, symbols):
             assert added == 0.0
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_dimers_repulsive_inside_the_switch(seed):
     """A fresh 1M model: every dimer of these pairs is pushed apart (force along the bond) from 0.1 Å to the middle
     of the switch, (INNER + OUTER) / 2 R; beyond it a trained model must repel by itself (the second-generation
@@ -256,7 +256,7 @@ def test_dimers_repulsive_inside_the_switch(seed):
     middle = (ZBLRepulsion.INNER + ZBLRepulsion.OUTER) / 2
     for symbols in ("OO", "HH", "SiC", "MgO", "LaH", "TiO", "BaO", "LiMn", "FeFe", "NaCl", "GaN", "CC"):
         radii = covalent_radii[dimer(symbols, 1.0).numbers].sum()
-        for r in np.linspace(0.1, middle * radii, 25):
+        for r in np.linspace(0.1, middle * radii, 15):
             forces = model.predict(dimer(symbols, r))["forces"]
             bond = np.array([0.6, 0.0, 0.8])
             assert forces[1] @ bond > 0, f"{symbols} at {r:.2f} Å ({r / radii:.2f} R) attracts"
