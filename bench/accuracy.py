@@ -593,17 +593,23 @@ def print_first_principles(result: dict) -> None:
         table(["split", "formula", "GPAW p (GPa)", "model p (GPa)", "deviation (%)", "result"], rows)
 
 
-def gamma_phonons(model, reference: Path) -> dict:
-    """Γ TO frequencies and lattice constants of the crystals of ``reference`` (bench/gpaw_gamma_phonons.py's
-    JSON) by the same frozen-phonon procedure with the model (its own lattice constant)."""
+def energy_and_forces(model) -> frozen_phonon.EnergyAndForces:
+    """``model`` as the atoms -> (energy, forces) function of ``frozen_phonon``."""
 
     def evaluate(atoms):
         prediction = model.predict(atoms)
         return prediction.energy, prediction.forces
 
+    return evaluate
+
+
+def gamma_phonons(model, reference: Path) -> dict:
+    """Γ TO frequencies and lattice constants of the crystals of ``reference`` (bench/gpaw_gamma_phonons.py's
+    JSON) by the same frozen-phonon procedure with the model (its own lattice constant)."""
+
     rows = []
     for row in json.loads(reference.read_text())["rows"]:
-        mine = frozen_phonon.gamma_to(row["crystal"], row["lattice"], row["a0_A"], evaluate)
+        mine = frozen_phonon.gamma_to(row["crystal"], row["lattice"], row["a0_A"], energy_and_forces(model))
         rows.append(
             {
                 "crystal": row["crystal"],
@@ -639,13 +645,10 @@ def soft_mode(model, reference: Path) -> dict:
     (bench/gpaw_batio3.py's JSON; without it a = 4.0 Å only), and the energies of the relaxed cubic and P4mm cells
     (cell and positions relaxed; P4mm started from Ti +0.1 Å, the O -0.05 Å)."""
 
-    def evaluate(atoms):
-        prediction = model.predict(atoms)
-        return prediction.energy, prediction.forces
-
     gpaw = json.loads(reference.read_text())["scans"] if reference.exists() else [{"a_A": 4.0, "energy_meV": None}]
     scans = [
-        {**frozen_phonon.soft_mode_scan(evaluate, scan["a_A"]), "gpaw_energy_meV": scan["energy_meV"]} for scan in gpaw
+        {**frozen_phonon.soft_mode_scan(energy_and_forces(model), scan["a_A"]), "gpaw_energy_meV": scan["energy_meV"]}
+        for scan in gpaw
     ]
     cubic = perovskite((1, 1, 1))
     polar = cubic.copy()

@@ -24,8 +24,8 @@ EnergyAndForces = Callable[[Atoms], tuple[float, np.ndarray]]
 
 def gamma_to(name: str, lattice: str, guess: float, evaluate: EnergyAndForces, displacement: float = 0.01) -> dict:
     """a0 (Å), bulk modulus (GPa), force constant Φ (eV/Å²) and TO (THz; negative for Φ < 0, an unstable mode, as
-    phonopy writes imaginary frequencies) of ``bulk(name, lattice)``; ``evaluate`` gets the cells of the E(V) fit
-    and the displaced cells at a0."""
+    phonopy writes imaginary frequencies) of ``bulk(name, lattice)``, and the energies of the E(V) fit (the 4th is
+    at ``guess``); ``evaluate`` gets the cells of the fit and the displaced cells at a0."""
     scales = np.linspace(0.97, 1.03, 7)
     cells = [bulk(name, lattice, a=guess * s) for s in scales]
     energies = [evaluate(atoms)[0] for atoms in cells]
@@ -41,6 +41,7 @@ def gamma_to(name: str, lattice: str, guess: float, evaluate: EnergyAndForces, d
     masses = bulk(name, lattice, a=a0).get_masses()
     omega2 = phi * (1 / masses[0] + 1 / masses[1])
     return {
+        "energies_eV": [float(e) for e in energies],
         "a0_A": float(a0),
         "bulk_modulus_GPa": float(bulk_modulus) / GPA,
         "force_constant_eV_A2": float(phi),

@@ -40,7 +40,7 @@ def gamma_to(name: str, settings: DFTSettings, displacement: float = 0.01) -> di
 
     row = frozen_phonon.gamma_to(name, lattice, guess, evaluate, displacement)
     start = bulk(name, lattice, a=guess)
-    step = (evaluate(start, [k + 2 for k in kpts])[0] - evaluate(start)[0]) / len(start)
+    step = (evaluate(start, [k + 2 for k in kpts])[0] - row["energies_eV"][3]) / len(start)
     experiment = EXPERIMENT_CM1[name] / CM1_PER_THZ
     return {
         "crystal": name,
