@@ -23,6 +23,10 @@ needs_gpaw = pytest.mark.skipif(
     not os.environ.get("MTSIM_REQUIRE_DFT") and dft._version("gpaw") == "not installed",
     reason="GPAW is not installed (the 'dft' extra; .ci/run installs it and sets MTSIM_REQUIRE_DFT)",
 )
+needs_baderkit = pytest.mark.skipif(
+    not os.environ.get("MTSIM_REQUIRE_DFT") and dft._version("baderkit") == "not installed",
+    reason="baderkit is not installed (the 'dft' extra)",
+)
 FAST = dft.DFTSettings(ecut=250.0, kpoint_density=1.2, energy_tol=1e-7, density_tol=1e-7)
 
 
@@ -253,6 +257,7 @@ def test_implausible_bader_charges_are_rejected_and_rechecked(tmp_path):
     for charges in ([0.86, -0.86], [-6.0, 6.0]):
         atoms = nacl() if charges[0] > 0 else bulk("SiC", "zincblende", a=4.36)
         atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((2, 3)), charges=np.array(charges))
+        atoms.info["bader_grid"] = "40 40 40"  # partitioned in memory: no grid to recompute
         frames.append(atoms)
     ase.io.write(tmp_path / dft.LABELLED, frames, format="extxyz")
     assert dft.main(["recheck", "--out", str(tmp_path)]) == 0
@@ -261,7 +266,57 @@ def test_implausible_bader_charges_are_rejected_and_rechecked(tmp_path):
     assert "charges" not in bad.calc.results and bad.get_potential_energy() == -1.0
     assert "implausible" in bad.info["bader_error"]
     np.testing.assert_allclose(bad.info["bader_charges_rejected"], [-6.0, 6.0])
-    assert dft.recheck_charges(tmp_path) == 0  # idempotent
+    assert dft.recheck_charges(tmp_path) == {"rejected": 0, "scrambled": 0, "replaced": 0}  # idempotent
+
+
+@needs_baderkit
+def test_bader_partition_of_a_known_density_on_an_uneven_grid():
+    """Two Gaussian clouds of 10.2 and 17.8 electrons in an orthorhombic cell on a 40 x 44 x 60 grid: each atom's
+    basin holds its own cloud (a partition that reads the grid in the wrong axis order, as baderkit's cube reader
+    does for such grids, does not)."""
+    atoms = ase.Atoms("NaCl", scaled_positions=[(0.1, 0.2, 0.15), (0.6, 0.65, 0.7)], cell=[4.0, 4.4, 5.2], pbc=True)
+    shape = (40, 44, 60)
+    fractional = np.stack(np.meshgrid(*[np.arange(n) / n for n in shape], indexing="ij"), axis=-1)
+    density = np.zeros(shape)
+    for position, electrons in zip(atoms.get_scaled_positions(), (10.2, 17.8)):
+        delta = (fractional - position + 0.5) % 1.0 - 0.5  # nearest image
+        r2 = np.sum((delta @ atoms.cell.array) ** 2, axis=-1)
+        density += electrons * np.exp(-r2 / (2 * 0.45**2)) / (2 * np.pi * 0.45**2) ** 1.5  # e/Å³
+    charges = dft.bader_partition(atoms, density)
+    np.testing.assert_allclose(charges, [11 - 10.2, 17 - 17.8], atol=0.02)
+
+
+@needs_gpaw
+def test_recheck_sends_charges_from_scrambled_grids_to_be_redone(tmp_path):
+    """Frames partitioned before ``bader_grid`` was recorded: on an uneven grid their charges go and the structure
+    is listed for relabelling; on an even one they stay. Relabelled charges come back once the energy agrees."""
+    cubic, tetragonal = nacl(), nacl()
+    tetragonal.set_cell(tetragonal.cell[:] @ np.diag([1.0, 1.0, 1.3]), scale_atoms=True)
+    assert len(set(dft.density_grid(cubic, FAST))) == 1 and len(set(dft.density_grid(tetragonal, FAST))) > 1
+    for atoms in (cubic, tetragonal):
+        atoms.info["structure_id"] = dft.structure_id(atoms)
+        atoms.calc = SinglePointCalculator(atoms, energy=-7.0, forces=np.zeros((2, 3)), charges=np.array([0.8, -0.8]))
+    ase.io.write(tmp_path / dft.LABELLED, [cubic, tetragonal], format="extxyz")
+    assert dft.recheck_charges(tmp_path, settings=FAST) == {"rejected": 0, "scrambled": 1, "replaced": 0}
+    kept, scrambled = ase.io.read(tmp_path / dft.LABELLED, ":")
+    np.testing.assert_allclose(kept.get_charges(), [0.8, -0.8])
+    assert "charges" not in scrambled.calc.results and "scrambled" in scrambled.info["bader_error"]
+    (redo,) = ase.io.read(tmp_path / f"{dft.REDO}.extxyz", ":")
+    assert dft.structure_id(redo) == tetragonal.info["structure_id"] and redo.calc is None
+
+    relabelled = tetragonal.copy()
+    relabelled.info = {"bader_grid": "30 30 40", "charge_residual": 0.0}
+    relabelled.calc = SinglePointCalculator(relabelled, energy=-7.0005, charges=np.array([0.85, -0.85]))
+    ase.io.write(tmp_path / "redone.extxyz", [relabelled], format="extxyz")
+    counts = dft.recheck_charges(tmp_path, charges_from=tmp_path / "redone.extxyz", settings=FAST)
+    assert counts == {"rejected": 0, "scrambled": 0, "replaced": 1}
+    _, fixed = ase.io.read(tmp_path / dft.LABELLED, ":")
+    np.testing.assert_allclose(fixed.get_charges(), [0.85, -0.85])
+    assert "bader_error" not in fixed.info and fixed.get_potential_energy() == -7.0
+    relabelled.calc.results["energy"] = -6.0
+    ase.io.write(tmp_path / "redone.extxyz", [relabelled], format="extxyz")
+    with pytest.raises(ValueError, match="differs by 500.00 meV/atom"):
+        dft.recheck_charges(tmp_path, charges_from=tmp_path / "redone.extxyz", settings=FAST)
 
 
 def test_split_writes_train_val_test_files_with_absolute_moments(tmp_path):

@@ -131,21 +131,23 @@ def make_calculator(atoms: ase.Atoms, settings: DFTSettings, txt=None, kpts: Seq
     )
 
 
-def bader_charges(atoms: ase.Atoms, calc, gridrefinement: int = 2, workdir: str | None = None) -> np.ndarray:
-    """Bader charges Z - N_i (e) of the all-electron density of a converged GPAW calculation (baderkit)."""
-    import logging
-    import tempfile
+def bader_partition(atoms: ase.Atoms, density: np.ndarray) -> np.ndarray:
+    """Bader charges Z - N_i (e) of ``density`` (e/Å³ on the periodic grid of ``atoms.cell``, point [0, 0, 0] at
+    the origin), partitioned by baderkit.
 
-    from ase.units import Bohr
+    The grid goes to baderkit in memory: baderkit 0.10.2 reads a cube file's values in the wrong axis order when the
+    three grid dimensions differ, which scrambles the density of every such cell."""
+    import logging
+
     from baderkit import Bader
+    from baderkit.toolkit.grid import Grid
+    from baderkit.toolkit.structure import Structure
 
     logging.getLogger().setLevel(logging.WARNING)  # baderkit logs every step at INFO
-    density = calc.get_all_electron_density(gridrefinement=gridrefinement)  # e/Å³
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        path = os.path.join(tmp, "density.cube")
-        ase.io.write(path, atoms, data=density * Bohr**3, format="cube")  # the cube format holds e/bohr³
-        electrons = np.asarray(Bader.from_cube(charge_grid=path).atom_charges, dtype=float)
-    return atoms.numbers - electrons
+    structure = Structure(lattice=atoms.cell.array, species=atoms.numbers, frac_coords=atoms.get_scaled_positions())
+    grid = Grid(structure=structure, data={"total": density * atoms.get_volume()}, data_type="charge")  # VASP's ρ·V
+    electrons = np.asarray(Bader(charge_grid=grid, reference_grid=grid, total_charge_grid=grid).atom_charges)
+    return atoms.numbers - electrons.astype(float)
 
 
 NOBLE_GASES = (0, 2, 10, 18, 36, 54, 86, 118)
@@ -181,22 +183,91 @@ def check_charges(frame: ase.Atoms, charges: np.ndarray, tolerance: float) -> bo
     return problem is None
 
 
-def recheck_charges(out: str | os.PathLike, tolerance: float = DFTSettings.charge_tol) -> int:
-    """Apply the current charge checks to the frames of ``OUT/labelled.extxyz`` (atomic rewrite; the labels
-    other than rejected charges are kept, nothing is recomputed); returns the number of frames whose charges were
-    rejected now. Run it while no labeller appends to the file."""
+def density_grid(atoms: ase.Atoms, settings: DFTSettings = DFTSettings()) -> tuple[int, int, int]:
+    """Grid points of the all-electron density that GPAW gives ``atoms`` under ``settings`` (no SCF is run)."""
+    work = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    calc = make_calculator(work, settings)
+    calc.initialize(work)
+    return tuple(int(n) * settings.gridrefinement for n in calc.wfs.gd.N_c)
+
+
+REDO = "charges_redo"
+"""Under OUT: the structures whose charges ``recheck_charges`` found scrambled (``.extxyz``) and their new labels."""
+
+
+def recheck_charges(
+    out: str | os.PathLike,
+    tolerance: float = DFTSettings.charge_tol,
+    charges_from: str | os.PathLike | None = None,
+    settings: DFTSettings = DFTSettings(),
+) -> dict:
+    """Bring the charges of ``OUT/labelled.extxyz`` to the current checks (atomic rewrite; run it while no
+    labeller appends to the file). Returns counts.
+
+    - A frame partitioned before ``bader_grid`` was recorded went through baderkit's cube reader, which scrambles
+      a grid whose dimensions differ: its grid is recomputed (GPAW set-up, no SCF); if the dimensions differ, its
+      charges are removed and the structure written to ``OUT/charges_redo.extxyz`` for relabelling.
+    - ``charges_from``: labelled frames of those structures (``label --data OUT/charges_redo.extxyz --out
+      OUT/charges_redo``); their charges replace the old ones once their energy agrees within 1 meV/atom.
+    - Then every frame's charges are checked again (``check_charges``)."""
     path = os.path.join(os.fspath(out), LABELLED)
     repair_tail(path)
-    frames, rejected = _read_all(path), 0
-    for frame in frames:
+    frames = _read_all(path)
+    redone = {structure_id(a): a for a in _read_all(os.fspath(charges_from))} if charges_from else {}
+    counts = {"rejected": 0, "scrambled": 0, "replaced": 0}
+    redo = []
+    for k, frame in enumerate(frames):
+        if k % 50 == 0 and k:
+            print(f"[dft] recheck: {k} of {len(frames)} frames, {counts}", file=sys.stderr, flush=True)
+        new = redone.get(structure_id(frame))
+        if new is not None:
+            gap = abs(new.get_potential_energy() - frame.get_potential_energy()) / len(frame)
+            if gap > 1e-3:
+                raise ValueError(f"{structure_id(frame)}: the relabelled energy differs by {gap * 1e3:.2f} meV/atom")
+            for key in ("bader_grid", "charge_residual", "bader_error", "bader_charges_rejected"):
+                frame.info.pop(key, None)
+                if key in new.info:
+                    frame.info[key] = new.info[key]
+            _set_charges(frame, new.calc.results.get("charges"))
+            counts["replaced"] += 1
+        elif settings.bader and "bader_grid" not in frame.info:
+            grid = density_grid(frame, settings)
+            frame.info["bader_grid"] = " ".join(map(str, grid))
+            if len(set(grid)) > 1:
+                frame.info.pop("bader_charges_rejected", None)
+                frame.info["bader_error"] = f"scrambled density: baderkit's cube reader on a {grid} grid"
+                _set_charges(frame, None)
+                redo.append(
+                    ase.Atoms(
+                        frame.numbers,
+                        frame.positions,
+                        cell=frame.cell,
+                        pbc=frame.pbc,
+                        info={
+                            k: frame.info[k] for k in ("structure_id", "category", "base", "split") if k in frame.info
+                        },
+                    )
+                )
+                counts["scrambled"] += 1
         charges = frame.calc.results.get("charges")
         if charges is not None and not check_charges(frame, charges, tolerance):
-            results = {k: v for k, v in frame.calc.results.items() if k != "charges"}
-            frame.calc = SinglePointCalculator(frame, **results)
-            rejected += 1
+            _set_charges(frame, None)
+            counts["rejected"] += 1
     ase.io.write(path + ".tmp", frames, format="extxyz")
     os.replace(path + ".tmp", path)
-    return rejected
+    if redo:
+        redo_path = os.path.join(os.fspath(out), REDO + ".extxyz")
+        listed = {structure_id(a): a for a in _read_all(redo_path) + redo}
+        ase.io.write(redo_path + ".tmp", list(listed.values()), format="extxyz")
+        os.replace(redo_path + ".tmp", redo_path)
+    return counts
+
+
+def _set_charges(frame: ase.Atoms, charges: np.ndarray | None) -> None:
+    results = {k: v for k, v in frame.calc.results.items() if k != "charges"}
+    if charges is not None:
+        results["charges"] = charges
+    frame.calc = SinglePointCalculator(frame, **results)
 
 
 def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> ase.Atoms:
@@ -223,7 +294,9 @@ def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> 
     out.info["energy_zero_smearing"] = float(calc.get_potential_energy(work, force_consistent=False))
     if settings.bader:
         try:
-            charges = bader_charges(work, calc, settings.gridrefinement)
+            density = calc.get_all_electron_density(gridrefinement=settings.gridrefinement)  # e/Å³
+            out.info["bader_grid"] = " ".join(map(str, density.shape))
+            charges = bader_partition(work, density)
         except Exception as err:  # the partition failed, the DFT labels stand
             out.info["bader_error"] = f"{type(err).__name__}: {err}"
             charges = None
@@ -608,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sn.add_argument("--out", required=True, help="the run's output folder")
     rc = commands.add_parser("recheck", help="apply the current Bader charge checks to labelled frames (in place)")
     rc.add_argument("--out", required=True, help="the run's output folder (no labeller may be appending)")
+    rc.add_argument("--charges-from", default=None, help=f"labelled frames of OUT/{REDO}.extxyz: take their charges")
     sp = commands.add_parser("split", help="write the labelled frames as train/val/test extxyz files for mtsim train")
     sp.add_argument("--labelled", required=True, help="labelled.extxyz(.gz) of this builder")
     sp.add_argument("--out", required=True, help="folder for gpaw_train.extxyz, gpaw_val.extxyz, gpaw_test.extxyz")
@@ -641,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             categories[atoms.info["category"]] = categories.get(atoms.info["category"], 0) + 1
         print(json.dumps({"structures": len(frames), "categories": categories}))
     elif args.command == "recheck":
-        print(json.dumps({"charges_rejected": recheck_charges(args.out)}))
+        print(json.dumps(recheck_charges(args.out, charges_from=args.charges_from)))
     elif args.command == "split":
         from mtsim.training.builders._io import write_frames
 
