@@ -14,6 +14,7 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk
+from ase.data import covalent_radii
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -350,6 +351,30 @@ def test_structure_set_is_small_split_and_deterministic(tmp_path):
     assert categories == {"reference", "sic", "mgo", "batio3", "lah", "limno"}
     lah10 = next(a for a in frames if a.info["base"] == "LaH10:fcc")
     assert lah10.get_chemical_formula() == "H10La"
+    for atoms in frames:  # no two atoms closer than 0.6 of their covalent radii (real cells, compressed or rattled)
+        distances = atoms.get_all_distances(mic=True) + np.diag(np.full(len(atoms), np.inf))
+        radii = covalent_radii[atoms.numbers]
+        assert (distances / (radii[:, None] + radii[None, :])).min() > 0.6, atoms.info["base"]
+
+
+def test_split_of_is_per_group_stable_and_near_80_10_10():
+    groups = [f"crystal-{k}" for k in range(20000)]
+    splits = [dft_structures.split_of(g, seed=0) for g in groups]
+    fractions = {name: splits.count(name) / len(splits) for name in dft_structures.SPLITS}
+    assert fractions == pytest.approx({"train": 0.8, "val": 0.1, "test": 0.1}, abs=0.015)
+    assert splits[:100] == [dft_structures.split_of(g, seed=0) for g in groups[:100]]  # alone, as in the set
+    assert splits[:100] != [dft_structures.split_of(g, seed=1) for g in groups[:100]]
+    frames = dft_structures.build(None, seed=3)
+    assert all(a.info["split"] == dft_structures.split_of(a.info["structure_id"], seed=3) for a in frames)
+
+
+def test_lah10_has_the_clathrate_distances():
+    atoms = dft_structures.lah10(5.1)
+    distances = atoms.get_all_distances(mic=True) + np.diag(np.full(len(atoms), np.inf))
+    hydrogen = atoms.numbers == 1
+    assert len(atoms) == 11 and abs(atoms.get_volume() - 5.1**3 / 4) < 1e-9
+    assert 2.05 < distances[~hydrogen][:, hydrogen].min() < 2.2  # La–H
+    assert 1.05 < distances[hydrogen][:, hydrogen].min() < 1.2  # H–H, the H32f–H8c bond
 
 
 @needs_gpaw

@@ -14,12 +14,13 @@ In labelling order (a partly labelled set holds the case studies first):
    ``samples_per_crystal`` samples each: rattled (σ uniform in 0.01-0.08 Å) after a random symmetric strain of at
    most ±4 %.
 
-Every structure gets ``info["category"]``, ``["base"]``, ``["structure_id"]`` and ``["split"]`` (train / val / test
-by structure, 80/10/10, seeded: the test split is for reports only). Deterministic in ``seed``.
+Every structure gets ``info["category"]``, ``["base"]``, ``["structure_id"]`` and ``["split"]`` (train / val / test,
+about 80/10/10 by :func:`split_of`: the test split is for reports only). Deterministic in ``seed``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import ase
@@ -27,7 +28,6 @@ import numpy as np
 from ase.build import bulk
 
 from mtsim.training.builders._io import structure_id
-from mtsim.training.builders.dfpt import split_groups
 
 LATTICE = {
     "Si": ("diamond", 5.47),
@@ -133,8 +133,9 @@ def batio3(rng) -> list[ase.Atoms]:
     return frames
 
 
-def lah10(a: float) -> ase.Atoms:
-    x = 0.12
+def lah10(a: float, x: float = 0.378) -> ase.Atoms:
+    """fcc LaH10 (Fm-3m) in its primitive cell: La on 4a, H on 8c and on 32f (x, x, x), the H32f forming cubes
+    around the empty 4b sites (La–H 2.1 Å, H–H 1.1–1.2 Å at a = 5.1 Å, about 170 GPa)."""
     basis = [(0, 0, 0), (0.25, 0.25, 0.25), (0.75, 0.75, 0.75)]
     basis += [
         tuple(p)
@@ -244,8 +245,15 @@ def build(
         raise ValueError(f"a structure of the set has more than {max_atoms} atoms")
     for atoms in frames:
         atoms.info["structure_id"] = structure_id(atoms)
-    splits = split_groups([a.info["structure_id"] for a in frames], (0.8, 0.1, 0.1), seed)
-    for name in SPLITS:
-        for k in splits[name]:
-            frames[k].info["split"] = name
+    for atoms in frames:
+        group = atoms.info["base"] if atoms.info["category"] == "phonondb" else atoms.info["structure_id"]
+        atoms.info["split"] = split_of(group, seed)
     return frames
+
+
+def split_of(group: str, seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
+    """The split (train / val / test) of a group of structures, from the sha256 of ``seed`` and ``group``: each group
+    on its own, so that adding, removing or changing structures moves no other. A group is one structure, except the
+    samples of one phonondb crystal, which share a split (no crystal in two splits)."""
+    u = int.from_bytes(hashlib.sha256(f"{seed}:{group}".encode()).digest()[:8], "big") / 2.0**64
+    return "val" if u < fractions[1] else "test" if u < fractions[1] + fractions[2] else "train"
