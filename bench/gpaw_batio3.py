@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--a", type=float, nargs="+", default=[4.0, 4.036], help="cubic lattice constants (Å)")
     args = parser.parse_args(argv)
     settings = DFTSettings(bader=False)
-    scans = json.load(open(args.out))["scans"] if os.path.exists(args.out) else []
+    saved = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    scans = saved["scans"] if saved.get("settings") == settings.__dict__ else []  # resume only the same settings
     for a in args.a:
         if any(abs(scan["a_A"] - a) < 1e-9 for scan in scans):
             continue
