@@ -11,13 +11,13 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # GPAW's BLAS, loaded with gpaw: threads beside pytest's thrash
 
 import ase.io
-from ase import units
 import numpy as np
 import pytest
+from ase import units
 from ase.build import bulk
-from ase.data import covalent_radii
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.data import covalent_radii
 
 from mtsim.training.builders import dft, dft_structures
 

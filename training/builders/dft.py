@@ -5,9 +5,10 @@ OpenBLAS and MPI, see the README). ``gpaw`` and ``baderkit`` are imported only i
 
 Settings, one rule for every structure (:class:`DFTSettings`, recorded in every labelled frame as ``dft_*`` keys):
 
-- PBE, plane waves with ``ecut`` (eV; 800 by default: at 500 eV the stress of oxides and nitrides carries a Pulay
-  error of 15-18 GPa, e.g. MgO, GaN, BaTiO3; at 800 eV it is within 0.5 GPa of 1,000 eV); Fermi–Dirac occupations of width ``smearing`` (eV) for every structure
-  (metals need it; an insulator's gap is far wider, so its energy is unchanged);
+- PBE, plane waves with ``ecut`` (eV; 800 by default: GPAW's stress has no Pulay correction, which at 500 eV
+  puts the pressure of oxides and nitrides 15-18 GPa off; at 800 eV it is within 0.5 GPa of 1,000 eV);
+  Fermi–Dirac occupations of width ``smearing`` (eV) for every structure (metals need it; an insulator's gap is far
+  wider, so its energy is unchanged);
 - a Monkhorst–Pack k mesh with ``n_i = 2 ceil(kpoint_density * |b_i| / 2)`` points (even, at least 2) along each
   periodic reciprocal vector ``b_i`` (``|b_i|`` in Å⁻¹ with the 2π, ASE's ``kptdensity`` convention), 1 along a
   non-periodic one;
@@ -238,17 +239,9 @@ def recheck_charges(
                 frame.info.pop("bader_charges_rejected", None)
                 frame.info["bader_error"] = f"scrambled density: baderkit's cube reader on a {grid} grid"
                 _set_charges(frame, None)
-                redo.append(
-                    ase.Atoms(
-                        frame.numbers,
-                        frame.positions,
-                        cell=frame.cell,
-                        pbc=frame.pbc,
-                        info={
-                            k: frame.info[k] for k in ("structure_id", "category", "base", "split") if k in frame.info
-                        },
-                    )
-                )
+                bare = ase.Atoms(frame.numbers, frame.positions, cell=frame.cell, pbc=frame.pbc)
+                bare.info = {k: frame.info[k] for k in ("structure_id", "category", "base", "split") if k in frame.info}
+                redo.append(bare)
                 counts["scrambled"] += 1
         charges = frame.calc.results.get("charges")
         if charges is not None and not check_charges(frame, charges, tolerance):

@@ -135,7 +135,7 @@ def batio3(rng) -> list[ase.Atoms]:
 
 def lah10(a: float, x: float = 0.378) -> ase.Atoms:
     """fcc LaH10 (Fm-3m) in its primitive cell: La on 4a, H on 8c and on 32f (x, x, x), the H32f forming cubes
-    around the empty 4b sites (La–H 2.1 Å, H–H 1.1–1.2 Å at a = 5.1 Å, about 170 GPa)."""
+    around the empty 4b sites (La–H 2.1 Å, H–H 1.1–1.2 Å at a = 5.1 Å)."""
     basis = [(0, 0, 0), (0.25, 0.25, 0.25), (0.75, 0.75, 0.75)]
     basis += [
         tuple(p)
@@ -245,7 +245,6 @@ def build(
         raise ValueError(f"a structure of the set has more than {max_atoms} atoms")
     for atoms in frames:
         atoms.info["structure_id"] = structure_id(atoms)
-    for atoms in frames:
         group = atoms.info["base"] if atoms.info["category"] == "phonondb" else atoms.info["structure_id"]
         atoms.info["split"] = split_of(group, seed)
     return frames
