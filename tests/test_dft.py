@@ -152,11 +152,13 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_killed_run_takes_its_workers_with_it(tmp_path, sig):
     """SIGTERM stops a run like Ctrl-C (exit 130, workers terminated at once); after SIGKILL the workers get
-    SIGTERM from the kernel (parent-death signal) instead of finishing calculations nobody will write."""
+    SIGTERM from the kernel (parent-death signal) instead of finishing calculations nobody will write, including a
+    worker still starting when the run died (killed here once one calculation has begun)."""
     structures = tmp_path / "in.extxyz"
     ase.io.write(structures, [nacl((0.01 * k, 0.0, 0.0)) for k in range(6)])
     command = [sys.executable, "-m", "mtsim.training.builders.dft", "label", "--data", str(structures)]
-    command += ["--out", str(tmp_path / "out"), "--workers", "2", "--ecut", "250", "--kpoint-density", "1.2"]
+    # calculations of a minute each: a worker that missed the run's death would outlive the deadline below
+    command += ["--out", str(tmp_path / "out"), "--workers", "2", "--ecut", "250", "--kpoint-density", "4.0"]
     process = subprocess.Popen(command + ["--no-bader", "--quiet"])
     deadline = time.monotonic() + 120
     while len(_workers(process.pid)) < 2 or not any((tmp_path / "out" / "logs").glob("*.txt")):

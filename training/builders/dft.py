@@ -321,9 +321,10 @@ def settings_info(atoms: ase.Atoms, settings: DFTSettings) -> dict:
 # A resumable run over a file of structures
 
 
-def _init_worker() -> None:
+def _init_worker(run_pid: int) -> None:
     """One thread per worker; the worker's standard output (baderkit prints from compiled code) to /dev/null; on
-    Linux the worker gets SIGTERM when the run's process dies, even by SIGKILL (``PR_SET_PDEATHSIG``)."""
+    Linux the worker gets SIGTERM when the run's process ``run_pid`` dies, even by SIGKILL (``PR_SET_PDEATHSIG``),
+    and exits at once if it died while this worker was starting."""
     os.environ["OMP_NUM_THREADS"] = "1"
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
@@ -331,6 +332,8 @@ def _init_worker() -> None:
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != run_pid:  # orphaned before the line above: no signal will come
+            os._exit(1)
 
 
 def _interrupt(signum, frame) -> None:
@@ -448,7 +451,9 @@ def run(
         f"{len(todo)} to run on {workers} worker(s)",
     )
     context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
+    )
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # SIGTERM as Ctrl-C
     try:
