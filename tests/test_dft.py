@@ -157,7 +157,7 @@ def test_a_killed_run_takes_its_workers_with_it(tmp_path, sig):
     structures = tmp_path / "in.extxyz"
     ase.io.write(structures, [nacl((0.01 * k, 0.0, 0.0)) for k in range(6)])
     command = [sys.executable, "-m", "mtsim.training.builders.dft", "label", "--data", str(structures)]
-    # calculations of a minute each: a worker that missed the run's death would outlive the deadline below
+    # calculations longer than the deadline below: a worker that missed the run's death would outlive it
     command += ["--out", str(tmp_path / "out"), "--workers", "2", "--ecut", "250", "--kpoint-density", "4.0"]
     process = subprocess.Popen(command + ["--no-bader", "--quiet"])
     deadline = time.monotonic() + 120
