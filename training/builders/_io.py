@@ -30,8 +30,11 @@ def list_sha256(items) -> str:
 
 
 def write_frames(path: str | os.PathLike, frames) -> None:
+    """Write ``frames`` as extxyz, atomically: an interrupted write leaves the old file whole."""
+    path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    ase.io.write(path, list(frames), format="extxyz")
+    ase.io.write(path + ".tmp", list(frames), format="extxyz")
+    os.replace(path + ".tmp", path)
 
 
 def write_manifest(path: str | os.PathLike, manifest: dict) -> None:

@@ -62,7 +62,7 @@ import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from mtsim.training.builders._io import structure_id, write_manifest
+from mtsim.training.builders._io import Progress, structure_id, write_frames, write_manifest
 from mtsim.training.builders.dft_structures import SPLITS
 from mtsim.training.checkpoint import file_sha256
 
@@ -185,9 +185,14 @@ def check_charges(frame: ase.Atoms, charges: np.ndarray, tolerance: float) -> bo
     return problem is None
 
 
+def _bare(atoms: ase.Atoms) -> ase.Atoms:
+    """The structure of ``atoms`` alone: no calculator, no info."""
+    return ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+
+
 def density_grid(atoms: ase.Atoms, settings: DFTSettings = DFTSettings()) -> tuple[int, int, int]:
     """Grid points of the all-electron density that GPAW gives ``atoms`` under ``settings`` (no SCF is run)."""
-    work = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    work = _bare(atoms)
     calc = make_calculator(work, settings)
     calc.initialize(work)
     return tuple(int(n) * settings.gridrefinement for n in calc.wfs.gd.N_c)
@@ -217,10 +222,9 @@ def recheck_charges(
     frames = _read_all(path)
     redone = {structure_id(a): a for a in _read_all(os.fspath(charges_from))} if charges_from else {}
     counts = {"rejected": 0, "scrambled": 0, "replaced": 0}
-    redo = []
+    redo, progress = [], Progress("dft recheck", len(frames))
     for k, frame in enumerate(frames):
-        if k % 50 == 0 and k:
-            print(f"[dft] recheck: {k} of {len(frames)} frames, {counts}", file=sys.stderr, flush=True)
+        progress.update(k)
         new = redone.get(structure_id(frame))
         if new is not None:
             gap = abs(new.get_potential_energy() - frame.get_potential_energy()) / len(frame)
@@ -239,7 +243,7 @@ def recheck_charges(
                 frame.info.pop("bader_charges_rejected", None)
                 frame.info["bader_error"] = f"scrambled density: baderkit's cube reader on a {grid} grid"
                 _set_charges(frame, None)
-                bare = ase.Atoms(frame.numbers, frame.positions, cell=frame.cell, pbc=frame.pbc)
+                bare = _bare(frame)
                 bare.info = {k: frame.info[k] for k in ("structure_id", "category", "base", "split") if k in frame.info}
                 redo.append(bare)
                 counts["scrambled"] += 1
@@ -247,13 +251,10 @@ def recheck_charges(
         if charges is not None and not check_charges(frame, charges, tolerance):
             _set_charges(frame, None)
             counts["rejected"] += 1
-    ase.io.write(path + ".tmp", frames, format="extxyz")
-    os.replace(path + ".tmp", path)
+    write_frames(path, frames)
     if redo:
         redo_path = os.path.join(os.fspath(out), REDO + ".extxyz")
-        listed = {structure_id(a): a for a in _read_all(redo_path) + redo}
-        ase.io.write(redo_path + ".tmp", list(listed.values()), format="extxyz")
-        os.replace(redo_path + ".tmp", redo_path)
+        write_frames(redo_path, {structure_id(a): a for a in _read_all(redo_path) + redo}.values())
     return counts
 
 
@@ -269,7 +270,7 @@ def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> 
 
     Raises whatever GPAW raises (e.g. ``KohnShamConvergenceError``)."""
     start = time.perf_counter()
-    work = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    work = _bare(atoms)
     calc = make_calculator(work, settings, txt=txt)
     work.calc = calc
     energy = work.get_potential_energy(force_consistent=True)
@@ -282,7 +283,7 @@ def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> 
     }
     if stress is not None:
         results["stress"] = full_3x3_to_voigt_6_stress(stress)
-    out = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    out = _bare(atoms)
     out.info.update({k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool))})
     out.info["structure_id"] = structure_id(atoms)
     out.info["energy_zero_smearing"] = float(calc.get_potential_energy(work, force_consistent=False))
@@ -705,8 +706,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "snapshot":
         print(json.dumps(snapshot(args.out, args.data)["counts"]))
     elif args.command == "structures":
-        from mtsim.training.builders._io import write_frames
-
         frames = structure_set(args.phonondb, args.dfpt_manifest, args.seed, args.samples_per_crystal)
         write_frames(args.out, frames)
         categories = {}
@@ -716,8 +715,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "recheck":
         print(json.dumps(recheck_charges(args.out, charges_from=args.charges_from)))
     elif args.command == "split":
-        from mtsim.training.builders._io import write_frames
-
         splits = training_splits(_read_all(args.labelled))
         for name, frames in splits.items():
             write_frames(os.path.join(args.out, f"gpaw_{name}.extxyz"), frames)
