@@ -87,6 +87,32 @@ def test_label_is_gpaw_energy_with_its_derivatives_and_bader_charges():
 
 
 @needs_gpaw
+@needs_baderkit
+def test_a_skewed_cell_is_labelled_in_its_reduced_form():
+    atoms = nacl(shear=0.02)
+    skewed = atoms.copy()
+    skewed.set_cell([[1, 0, 0], [1, 1, 0], [2, 1, 1]] @ atoms.cell[:])  # the same lattice, angles of 10-30°
+    cell, reduced = dft.calculation_cell(skewed)
+    to_reduced = np.linalg.solve(skewed.cell[:].T, cell.T).T  # cell = to_reduced @ skewed.cell
+    assert reduced and np.allclose(to_reduced, np.round(to_reduced)) and abs(np.linalg.det(to_reduced)) == 1
+    assert np.prod(np.linalg.norm(cell, axis=1)) < 0.5 * np.prod(skewed.cell.lengths())
+    assert not dft.calculation_cell(nacl())[1]  # an fcc primitive cell is kept as it is
+    labelled = dft.label(skewed, FAST)
+    assert labelled.info["dft_cell_reduced"] and np.allclose(labelled.cell[:], skewed.cell[:])
+    assert np.allclose(labelled.positions, skewed.positions)
+    direct = skewed.copy()
+    direct.set_cell(cell)
+    assert labelled.info["dft_kpts"] == " ".join(map(str, dft.kpoint_mesh(direct, FAST.kpoint_density)))
+    assert labelled.get_potential_energy() == pytest.approx(gpaw_energy(direct), abs=1e-6)
+    # forces, stress and charges stay with their atoms and axes: as in the given cell, to k-sampling precision
+    plain = dft.label(atoms, FAST)
+    assert labelled.get_potential_energy() == pytest.approx(plain.get_potential_energy(), abs=2e-3)
+    assert np.allclose(labelled.get_forces(), plain.get_forces(), atol=0.01)
+    assert np.allclose(labelled.get_stress(), plain.get_stress(), atol=5e-4)  # 0.08 GPa; σ_yz is 3e-3
+    assert np.allclose(labelled.get_charges(), plain.get_charges(), atol=0.02)
+
+
+@needs_gpaw
 def test_pressure_at_the_default_cutoff_is_minus_de_dv():
     """GPAW's analytic stress has no Pulay correction: at the data set's cut-off the pressure of MgO (O needs a high
     one) equals -dE/dV of the same settings within 1 GPa; at 500 eV it is ~20 GPa apart."""
@@ -101,6 +127,13 @@ def test_pressure_at_the_default_cutoff_is_minus_de_dv():
             pressure = -atoms.get_stress()[:3].mean()
     minus_de_dv = -(energies[2] - energies[0]) / (volumes[2] - volumes[0])
     assert abs(pressure - minus_de_dv) / units.GPa < 1.0
+
+
+@pytest.mark.skipif(not os.environ.get("MTSIM_REQUIRE_DFT"), reason="checks CI's install (the README's commands)")
+def test_gpaw_is_built_with_fftw():
+    from gpaw.fftw import have_fftw
+
+    assert have_fftw(), "GPAW was built without FFTW: install it with GPAW_CONFIG=$PWD/data/gpaw/siteconfig.py"
 
 
 @needs_gpaw
@@ -129,6 +162,13 @@ def test_a_run_records_failures_goes_on_and_resumes(tmp_path):
     assert snapshot["counts"]["labelled"] == 2 and len(ase.io.read(out / "labelled.extxyz.gz", ":")) == 2
     assert dft.repair_tail(str(out / dft.LABELLED)) == 2
     assert (out / dft.LABELLED).read_bytes() == first
+    # a fresh clone holds only the committed snapshot: a run continues from it instead of starting again
+    (out / dft.LABELLED).unlink()
+    dft.run(structures, out, settings, workers=1, quiet=True)
+    assert (out / dft.LABELLED).read_bytes() == first
+    # one file, one set of settings: a run with another cut-off is refused before it labels anything
+    with pytest.raises(ValueError, match="dft_ecut=250.0, this run has 300.0"):
+        dft.run(structures, out, dft.DFTSettings(**{**settings.__dict__, "ecut": 300.0}), quiet=True)
 
 
 def _workers(pid: int) -> list[int]:

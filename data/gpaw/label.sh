@@ -2,7 +2,8 @@
 # Builds (or continues) the project's GPAW data set in data/gpaw/ (data card: data/gpaw/README.md).
 #   data/gpaw/label.sh PHONONDB_DIR [WORKERS]
 # Needs the dft extra (README: system libraries, then pip install -e ".[dft]"). Resumable: run it again after an
-# interruption and it labels only what is not yet labelled or failed. Then `data/gpaw/snapshot.sh` to commit.
+# interruption and it labels only what is not yet labelled or failed (on a fresh clone it continues from the
+# committed labelled.extxyz.gz). Then `data/gpaw/snapshot.sh` to commit.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 phonondb=$(realpath "${1:?usage: label.sh PHONONDB_DIR [WORKERS]}")

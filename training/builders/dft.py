@@ -49,6 +49,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shutil
 import signal
 import sys
 import threading
@@ -185,6 +186,21 @@ def check_charges(frame: ase.Atoms, charges: np.ndarray, tolerance: float) -> bo
     return problem is None
 
 
+def calculation_cell(atoms: ase.Atoms) -> tuple[np.ndarray, bool]:
+    """(cell, reduced): the cell GPAW runs ``atoms`` in (Å), the same lattice as given or Minkowski-reduced.
+
+    Reduced when that shrinks the product of the cell vectors' lengths (GPAW's FFT grid) by more than 10 %: a
+    skewed basis (phonopy's primitive cells can have angles near 20°) costs many times more, GPAW warns that its
+    results may be wrong, and its k-mesh samples worse (data/gpaw/README.md)."""
+    from ase.geometry import minkowski_reduce
+
+    cell = atoms.cell[:]
+    reduced, _ = minkowski_reduce(cell, pbc=atoms.pbc)
+    if np.prod(np.linalg.norm(reduced, axis=1)) < 0.9 * np.prod(np.linalg.norm(cell, axis=1)):
+        return reduced, True
+    return cell, False
+
+
 def _bare(atoms: ase.Atoms) -> ase.Atoms:
     """The structure of ``atoms`` alone: no calculator, no info."""
     return ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
@@ -266,11 +282,15 @@ def _set_charges(frame: ase.Atoms, charges: np.ndarray | None) -> None:
 
 
 def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> ase.Atoms:
-    """``atoms`` labelled by GPAW under ``settings`` (a new Atoms with a SinglePointCalculator and ``dft_*`` info).
+    """``atoms`` labelled by GPAW under ``settings`` (a new Atoms with a SinglePointCalculator and ``dft_*`` info),
+    computed in ``calculation_cell``.
 
     Raises whatever GPAW raises (e.g. ``KohnShamConvergenceError``)."""
     start = time.perf_counter()
     work = _bare(atoms)
+    cell, reduced = calculation_cell(work)
+    work.set_cell(cell)  # the same lattice: Cartesian positions, forces and stress stay as they are
+    work.wrap()
     calc = make_calculator(work, settings, txt=txt)
     work.calc = calc
     energy = work.get_potential_energy(force_consistent=True)
@@ -300,6 +320,7 @@ def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> 
     out.info.update(settings_info(work, settings))
     out.info.update(
         {
+            "dft_cell_reduced": reduced,
             "label_source": SOURCE,
             "dft_scf_iterations": int(calc.get_number_of_iterations()),
             "dft_seconds": round(time.perf_counter() - start, 2),
@@ -437,8 +458,13 @@ def run(
     for atoms in frames:  # the content hash again: extxyz reads an all-digit id back as a number
         atoms.info["structure_id"] = structure_id(atoms)
     labelled_path, failed_path = os.path.join(out, LABELLED), os.path.join(out, FAILED)
+    if not os.path.exists(labelled_path) and os.path.exists(labelled_path + ".gz"):
+        _say(quiet, f"[dft] continuing from the snapshot {labelled_path}.gz")
+        _unzip(labelled_path + ".gz", labelled_path)
     repair_tail(labelled_path)
-    done = {structure_id(a) for a in _read_all(labelled_path)}
+    previous_frames = _read_all(labelled_path)
+    _check_settings(previous_frames, settings, labelled_path)
+    done = {structure_id(a) for a in previous_frames}
     failed = read_failures(failed_path)
     skip = done if retry_failed else done | set(failed)
     todo = [a for a in frames if a.info["structure_id"] not in skip]
@@ -451,6 +477,10 @@ def run(
         f"[dft] {len(frames)} structures: {len(done)} labelled, {len(failed)} failed before; "
         f"{len(todo)} to run on {workers} worker(s)",
     )
+    from gpaw.fftw import have_fftw
+
+    if not have_fftw():
+        _say(quiet, "[dft] this GPAW was built without FFTW: about 1.5x slower (README: GPAW_CONFIG)")
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
@@ -497,6 +527,26 @@ def run(
     return write_run_manifest(structures, out, settings)
 
 
+def _unzip(source: str, target: str) -> None:
+    import gzip
+
+    with gzip.open(source, "rb") as zipped, open(target + ".tmp", "wb") as handle:
+        shutil.copyfileobj(zipped, handle)
+    os.replace(target + ".tmp", target)
+
+
+def _check_settings(frames: Sequence[ase.Atoms], settings: DFTSettings, path: str) -> None:
+    """Refuse to add frames with other settings to a labels file (one file, one set of settings)."""
+    wanted = {f"dft_{k}": v for k, v in dataclasses.asdict(settings).items()}
+    for frame in frames:
+        for key, value in wanted.items():
+            if frame.info.get(key) != value:
+                raise ValueError(
+                    f"{path} holds frames labelled with {key}={frame.info.get(key)}, this run has {value}: "
+                    "label into another folder, or run with the file's settings"
+                )
+
+
 def _read_all(path: str) -> list[ase.Atoms]:
     return ase.io.read(path, index=":") if os.path.exists(path) and os.path.getsize(path) else []
 
@@ -536,6 +586,7 @@ def write_run_manifest(structures, out: str, settings: DFTSettings, labelled: st
             "atoms": int(sum(len(a) for a in labelled)),
             "with_charges": sum("charges" in (a.calc.results if a.calc else {}) for a in labelled),
             "spin_polarised": sum(bool(a.info.get("dft_spin_polarised")) for a in labelled),
+            "cell_reduced": sum(bool(a.info.get("dft_cell_reduced")) for a in labelled),
         },
         "cpu_hours": round(sum(float(a.info.get("dft_seconds", 0.0)) for a in labelled) / 3600, 3),
         "charge_residual_abs": {
