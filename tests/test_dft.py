@@ -133,7 +133,7 @@ def test_pressure_at_the_default_cutoff_is_minus_de_dv():
 def test_gpaw_is_built_with_fftw():
     from gpaw.fftw import have_fftw
 
-    assert have_fftw(), "GPAW was built without FFTW: install it with GPAW_CONFIG=$PWD/data/gpaw/siteconfig.py"
+    assert have_fftw(), "GPAW was built without FFTW: see data/gpaw/siteconfig.py"
 
 
 @needs_gpaw

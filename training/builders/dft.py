@@ -480,7 +480,7 @@ def run(
     from gpaw.fftw import have_fftw
 
     if not have_fftw():
-        _say(quiet, "[dft] this GPAW was built without FFTW: about 1.5x slower (README: GPAW_CONFIG)")
+        _say(quiet, "[dft] this GPAW was built without FFTW: about 1.5x slower (rebuild: data/gpaw/siteconfig.py)")
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
