@@ -104,6 +104,7 @@ def test_a_skewed_cell_is_labelled_in_its_reduced_form():
     direct.set_cell(cell)
     assert labelled.info["dft_kpts"] == " ".join(map(str, dft.kpoint_mesh(direct, FAST.kpoint_density)))
     assert labelled.get_potential_energy() == pytest.approx(gpaw_energy(direct), abs=1e-6)
+    assert dft.relative_cost(skewed, FAST) == pytest.approx(dft.relative_cost(direct, FAST))  # the run's ETA
     # forces, stress and charges stay with their atoms and axes: as in the given cell, to k-sampling precision
     plain = dft.label(atoms, FAST)
     assert labelled.get_potential_energy() == pytest.approx(plain.get_potential_energy(), abs=2e-3)

@@ -201,6 +201,16 @@ def calculation_cell(atoms: ase.Atoms) -> tuple[np.ndarray, bool]:
     return cell, False
 
 
+def relative_cost(atoms: ase.Atoms, settings: DFTSettings) -> float:
+    """A calculation's cost in arbitrary units, for the ETA: k-points x atoms (bands) x the product of the
+    calculation cell's lengths (FFT grid), twice for a spin-polarised run."""
+    work = _bare(atoms)
+    work.set_cell(calculation_cell(work)[0])
+    spins = 2 if initial_magmoms(work) is not None else 1
+    grid = np.prod(np.maximum(work.cell.lengths(), 1.0))
+    return float(np.prod(kpoint_mesh(work, settings.kpoint_density)) * len(work) * grid * spins)
+
+
 def _bare(atoms: ase.Atoms) -> ase.Atoms:
     """The structure of ``atoms`` alone: no calculator, no info."""
     return ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
@@ -472,6 +482,8 @@ def run(
     workers = workers or os.cpu_count() or 1
     counts = {"done": 0, "failed": 0}
     start, seconds = time.perf_counter(), []
+    cost = {a.info["structure_id"]: relative_cost(a, settings) for a in todo}
+    cost_left = sum(cost.values())
     _say(
         quiet,
         f"[dft] {len(frames)} structures: {len(done)} labelled, {len(failed)} failed before; "
@@ -507,8 +519,9 @@ def run(
                 )
             counts[status] += 1
             finished = counts["done"] + counts["failed"]
+            cost_left -= cost[key]
             elapsed = time.perf_counter() - start
-            eta = elapsed / finished * (len(todo) - finished)
+            eta = elapsed * cost_left / (sum(cost.values()) - cost_left)  # the cost of what is left, at today's rate
             _say(
                 quiet,
                 f"[dft] {status} {atoms.get_chemical_formula():<14} done {counts['done']} failed "
