@@ -1,7 +1,7 @@
 """First-principles labels from GPAW: PBE, plane waves; energy, forces, stress, magnetic moments and Bader charges.
 
 Needs the ``dft`` extra (``pip install 'mtsim[dft]'``: GPAW and baderkit; GPAW compiles against libxc, FFTW,
-OpenBLAS and MPI, see the README). ``gpaw`` and ``baderkit`` are imported only inside the workers.
+OpenBLAS and MPI, see the README). ``gpaw`` and ``baderkit`` are imported only where a calculation runs.
 
 Settings, one rule for every structure (:class:`DFTSettings`, recorded in every labelled frame as ``dft_*`` keys):
 
@@ -11,7 +11,8 @@ Settings, one rule for every structure (:class:`DFTSettings`, recorded in every 
   wider, so its energy is unchanged);
 - a Monkhorst–Pack k mesh with ``n_i = 2 ceil(kpoint_density * |b_i| / 2)`` points (even, at least 2) along each
   periodic reciprocal vector ``b_i`` (``|b_i|`` in Å⁻¹ with the 2π, ASE's ``kptdensity`` convention), 1 along a
-  non-periodic one;
+  non-periodic one, in the cell of :func:`calculation_cell` (the given cell, or the Minkowski-reduced one when the
+  given basis is skewed);
 - SCF converged to ``energy_tol`` (eV per valence electron) and ``density_tol`` (electrons per valence electron)
   within ``max_scf`` iterations; a calculation that does not converge, or raises, is recorded as failed;
 - spin-polarised when the structure holds an element of :data:`INITIAL_MAGMOMS` (3d V–Ni), started
@@ -32,7 +33,8 @@ Labels (``SinglePointCalculator``, so that ``mtsim.training.data`` reads them):
 A run (:func:`run`) labels every structure of an input file in worker processes (one per core by default) and
 appends each result as it completes to ``OUT/labelled.extxyz``; failures go to ``OUT/failed.jsonl`` with their
 reason. A rerun skips every structure already there (by ``structure_id``), so an interrupted run resumes and nothing
-is labelled twice; ``retry_failed`` tries the failed ones again. ``OUT/manifest.json`` records the package versions,
+is labelled twice (without ``OUT/labelled.extxyz``, a run starts from the committed ``OUT/labelled.extxyz.gz``);
+``retry_failed`` tries the failed ones again. ``OUT/manifest.json`` records the package versions,
 settings, counts, CPU time and the sha256 of input and outputs.
 
 The structure set of the project's data set is :func:`structure_set` (command ``structures``).
