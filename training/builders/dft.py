@@ -342,9 +342,13 @@ def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> 
     return out
 
 
+def _settings_keys(settings: DFTSettings) -> dict:
+    return {f"dft_{k}": v for k, v in dataclasses.asdict(settings).items()}
+
+
 def settings_info(atoms: ase.Atoms, settings: DFTSettings) -> dict:
     """The ``dft_*`` keys recorded in a labelled frame."""
-    info = {f"dft_{k}": v for k, v in dataclasses.asdict(settings).items()}
+    info = _settings_keys(settings)
     info["dft_kpts"] = " ".join(map(str, kpoint_mesh(atoms, settings.kpoint_density)))
     info["dft_spin_polarised"] = initial_magmoms(atoms) is not None
     info["dft_code"] = f"GPAW {_version('gpaw')}"
@@ -552,7 +556,7 @@ def _unzip(source: str, target: str) -> None:
 
 def _check_settings(frames: Sequence[ase.Atoms], settings: DFTSettings, path: str) -> None:
     """Refuse to add frames with other settings to a labels file (one file, one set of settings)."""
-    wanted = {f"dft_{k}": v for k, v in dataclasses.asdict(settings).items()}
+    wanted = _settings_keys(settings)
     for frame in frames:
         for key, value in wanted.items():
             if frame.info.get(key) != value:
