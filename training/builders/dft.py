@@ -206,11 +206,19 @@ def calculation_cell(atoms: ase.Atoms) -> tuple[np.ndarray, bool]:
 def relative_cost(atoms: ase.Atoms, settings: DFTSettings) -> float:
     """A calculation's cost in arbitrary units, for the ETA: k-points x atoms (bands) x the product of the
     calculation cell's lengths (FFT grid), twice for a spin-polarised run."""
-    work = _bare(atoms)
-    work.set_cell(calculation_cell(work)[0])
+    work, _ = _in_calculation_cell(atoms)
     spins = 2 if initial_magmoms(work) is not None else 1
     grid = np.prod(np.maximum(work.cell.lengths(), 1.0))
     return float(np.prod(kpoint_mesh(work, settings.kpoint_density)) * len(work) * grid * spins)
+
+
+def _in_calculation_cell(atoms: ase.Atoms) -> tuple[ase.Atoms, bool]:
+    """(the structure of ``atoms`` alone in its ``calculation_cell``, whether that cell is reduced)."""
+    work = _bare(atoms)
+    cell, reduced = calculation_cell(work)
+    work.set_cell(cell)  # the same lattice: Cartesian positions, forces and stress stay as they are
+    work.wrap()
+    return work, reduced
 
 
 def _bare(atoms: ase.Atoms) -> ase.Atoms:
@@ -299,10 +307,7 @@ def label(atoms: ase.Atoms, settings: DFTSettings = DFTSettings(), txt=None) -> 
 
     Raises whatever GPAW raises (e.g. ``KohnShamConvergenceError``)."""
     start = time.perf_counter()
-    work = _bare(atoms)
-    cell, reduced = calculation_cell(work)
-    work.set_cell(cell)  # the same lattice: Cartesian positions, forces and stress stay as they are
-    work.wrap()
+    work, reduced = _in_calculation_cell(atoms)
     calc = make_calculator(work, settings, txt=txt)
     work.calc = calc
     energy = work.get_potential_energy(force_consistent=True)
