@@ -68,6 +68,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from mtsim.training.builders._io import Progress, structure_id, write_frames, write_manifest
 from mtsim.training.builders.dft_structures import SPLITS
 from mtsim.training.checkpoint import file_sha256
+from mtsim.units import GPA
 
 SOURCE = "GPAW PBE"
 """``info["label_source"]`` of every frame this builder writes."""
@@ -648,19 +649,40 @@ def fit_element_energies(frames: Sequence[ase.Atoms], energies: Sequence[float])
     return dict(zip(elements, mu.tolist()))
 
 
-def energy_offsets(source: Sequence[ase.Atoms], target: Sequence[ase.Atoms]) -> dict[str, float]:
+def pressure_gpa(atoms: ase.Atoms) -> float | None:
+    """Pressure -tr(σ)/3 of a labelled frame (GPa, ASE sign: compression positive); None without a stress label."""
+    stress = atoms.calc.results.get("stress") if atoms.calc is not None else None
+    if stress is None:
+        return None
+    stress = np.asarray(stress, dtype=float)
+    diagonal = np.diag(stress) if stress.shape == (3, 3) else stress[:3]
+    return float(-np.mean(diagonal) / GPA)
+
+
+def energy_offsets(
+    source: Sequence[ase.Atoms], target: Sequence[ase.Atoms], max_pressure: float | None = None
+) -> dict[str, float]:
     """Per-element offsets δ (eV/atom) that put ``source`` energies on ``target``'s scale: E_t ≈ E_s - sum n δ.
 
     Fitted on the structures present in both (same ``structure_id``: δ from the energy differences) when they hold
     every element of ``source``; otherwise δ = μ_source - μ_target of separate least-squares fits (elements absent
-    from ``target`` get no offset and are left out of the result)."""
+    from ``target`` get no offset and are left out of the result). With ``max_pressure`` (GPa) only frames whose
+    |pressure| (the target's, for a pair) is at most that enter the fit: a potential far from its training data
+    (CHGNet at hundreds of GPa) differs from DFT by more than a scale, and those frames would bias every δ."""
+
+    def near_equilibrium(atoms: ase.Atoms) -> bool:
+        pressure = pressure_gpa(atoms)
+        return max_pressure is None or pressure is None or abs(pressure) <= max_pressure
+
     by_id = {a.info["structure_id"]: a for a in target if "structure_id" in a.info}
     pairs = [(a, by_id[a.info["structure_id"]]) for a in source if a.info.get("structure_id") in by_id]
+    pairs = [(a, b) for a, b in pairs if near_equilibrium(b)]
     elements = {s for a in source for s in a.get_chemical_symbols()}
     if pairs and {s for a, _ in pairs for s in a.get_chemical_symbols()} >= elements:
         return fit_element_energies(
             [a for a, _ in pairs], [a.get_potential_energy() - b.get_potential_energy() for a, b in pairs]
         )
+    source, target = [a for a in source if near_equilibrium(a)], [a for a in target if near_equilibrium(a)]
     mu_source = fit_element_energies(source, [a.get_potential_energy() for a in source])
     mu_target = fit_element_energies(target, [a.get_potential_energy() for a in target])
     return {s: mu_source[s] - mu_target[s] for s in mu_source if s in mu_target}
@@ -768,6 +790,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="the other source's labels of structures of --gpaw (same structure_id): the offsets come from these",
     )
+    al.add_argument(
+        "--max-pressure",
+        type=float,
+        default=50.0,
+        help="GPa: fit the offsets on frames with |pressure| up to this only (default 50; the teacher is far off "
+        "beyond, e.g. MgO at 100-600 GPa)",
+    )
     al.add_argument("--out", required=True, help="aligned extxyz; the offsets go to OUT.offsets.json")
     args = parser.parse_args(argv)
     if args.command == "label":
@@ -796,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({name: len(frames) for name, frames in splits.items()}))
     else:
         gpaw, other = _read_all(args.gpaw), _read_all(args.other)
-        offsets = energy_offsets(other if args.pairs is None else _read_all(args.pairs), gpaw)
+        offsets = energy_offsets(other if args.pairs is None else _read_all(args.pairs), gpaw, args.max_pressure)
         aligned = align_energies(other, offsets)
         ase.io.write(args.out, aligned, format="extxyz")
         with open(args.out + ".offsets.json", "w") as handle:
@@ -804,6 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {
                     "offsets_eV_per_atom": offsets,
                     "target": SOURCE,
+                    "fit_max_pressure_GPa": args.max_pressure,
                     "unaligned_frames": sum(bool(a.info.get("energy_unaligned")) for a in aligned),
                 },
                 handle,
