@@ -298,6 +298,17 @@ def test_offsets_are_fitted_on_the_pairs_near_equilibrium():
     assert max(abs(biased[s] - exact[s]) for s in exact) > 0.05
 
 
+def test_frames_of_covered_compositions_are_left_out():
+    covered = [bulk("NaCl", "rocksalt", a=5.6), bulk("Si", "diamond", a=5.43)]
+    frames = [
+        bulk("NaCl", "rocksalt", a=5.9, cubic=True),  # Na4Cl4: covered
+        bulk("Si", "fcc", a=3.9) * (2, 1, 1),  # Si2 in another lattice: covered
+        bulk("NaCl", "zincblende", a=5.9) + bulk("Na", "bcc", a=4.2),  # Na2Cl: not covered
+        bulk("Ge", "diamond", a=5.65),
+    ]
+    assert [dft.reduced_formula(a) for a in dft.uncovered(frames, covered)] == ["ClNa2", "Ge"]
+
+
 def test_align_command_takes_the_offsets_from_paired_structures(tmp_path):
     """``align --pairs``: offsets from the other source's labels of the GPAW structures, applied to other frames."""
     gpaw_scale, other_scale = {"Cu": -3.1, "Ni": -4.2, "Al": -2.5}, {"Cu": 1.0, "Ni": 0.4, "Al": -0.7}
@@ -323,6 +334,14 @@ def test_align_command_takes_the_offsets_from_paired_structures(tmp_path):
     )
     offsets = json.loads((tmp_path / "aligned.extxyz.offsets.json").read_text())["offsets_eV_per_atom"]
     assert offsets == pytest.approx({s: other_scale[s] - gpaw_scale[s] for s in gpaw_scale}, abs=1e-9)
+    # --covered: the other frames of a composition in that file are left out, the offsets stay
+    ase.io.write(tmp_path / "covered.extxyz", others[:1])
+    left = [a for a in others if dft.reduced_formula(a) != dft.reduced_formula(others[0])]
+    assert dft.main(arguments + ["--covered", str(tmp_path / "covered.extxyz")]) == 0
+    assert len(ase.io.read(tmp_path / "aligned.extxyz", ":")) == len(left) < len(others)
+    record = json.loads((tmp_path / "aligned.extxyz.offsets.json").read_text())
+    assert record["covered_frames_left_out"] == len(others) - len(left)
+    assert record["offsets_eV_per_atom"] == pytest.approx(offsets, abs=1e-12)
 
 
 def test_implausible_bader_charges_are_rejected_and_rechecked(tmp_path):
