@@ -296,6 +296,16 @@ def test_offsets_are_fitted_on_the_pairs_near_equilibrium():
     assert dft.energy_offsets(source, target, max_pressure=50.0) == pytest.approx(exact, abs=1e-9)
     biased = dft.energy_offsets(source, target)
     assert max(abs(biased[s] - exact[s]) for s in exact) > 0.05
+    # an element only a compressed pair holds keeps that pair (and takes its error); the others stay exact
+    gold = frames[0].copy()
+    gold.symbols[0] = "Au"
+    gold.info["structure_id"] = "gold"
+    scales = {**gpaw_scale, "Au": -3.8}, {**other_scale, "Au": 0.2}
+    (a,), (b,) = _labelled([gold], scales[0]), _labelled([gold], scales[1])
+    a.calc = SinglePointCalculator(a, **a.calc.results, stress=-300.0 * units.GPa * np.array([1, 1, 1, 0, 0, 0]))
+    offsets = dft.energy_offsets(source + [b], target + [a], max_pressure=50.0)
+    assert {s: offsets[s] for s in exact} == pytest.approx(exact, abs=1e-9)
+    assert offsets["Au"] == pytest.approx(0.2 + 3.8, abs=1e-9)
 
 
 def test_frames_of_covered_compositions_are_left_out():

@@ -631,6 +631,10 @@ def write_run_manifest(structures, out: str, settings: DFTSettings, labelled: st
 # Energies of two label sources on one scale
 
 
+def _elements(frames: Iterable[ase.Atoms]) -> set[str]:
+    return {s for a in frames for s in a.get_chemical_symbols()}
+
+
 def composition_matrix(frames: Sequence[ase.Atoms], elements: Sequence[str]) -> np.ndarray:
     """[frames, elements] atom counts."""
     index = {s: k for k, s in enumerate(elements)}
@@ -643,7 +647,7 @@ def composition_matrix(frames: Sequence[ase.Atoms], elements: Sequence[str]) -> 
 
 def fit_element_energies(frames: Sequence[ase.Atoms], energies: Sequence[float]) -> dict[str, float]:
     """Per-element energies μ (eV/atom) minimising sum (E - sum_el n_el μ_el)² (least squares, minimum norm)."""
-    elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
+    elements = sorted(_elements(frames))
     counts = composition_matrix(frames, elements)
     mu, *_ = np.linalg.lstsq(counts, np.asarray(energies, dtype=float), rcond=None)
     return dict(zip(elements, mu.tolist()))
@@ -667,8 +671,9 @@ def energy_offsets(
     Fitted on the structures present in both (same ``structure_id``: δ from the energy differences) when they hold
     every element of ``source``; otherwise δ = μ_source - μ_target of separate least-squares fits (elements absent
     from ``target`` get no offset and are left out of the result). With ``max_pressure`` (GPa) only frames whose
-    |pressure| (the target's, for a pair) is at most that enter the fit: a potential far from its training data
-    (CHGNet at hundreds of GPa) differs from DFT by more than a scale, and those frames would bias every δ."""
+    |pressure| (the target's, for a pair) is at most that enter the fit, except the pairs of an element that no
+    other pair holds: a potential far from its training data (CHGNet at hundreds of GPa) differs from DFT by more
+    than a scale, and those frames would bias every δ."""
 
     def near_equilibrium(atoms: ase.Atoms) -> bool:
         pressure = pressure_gpa(atoms)
@@ -676,9 +681,10 @@ def energy_offsets(
 
     by_id = {a.info["structure_id"]: a for a in target if "structure_id" in a.info}
     pairs = [(a, by_id[a.info["structure_id"]]) for a in source if a.info.get("structure_id") in by_id]
-    pairs = [(a, b) for a, b in pairs if near_equilibrium(b)]
-    elements = {s for a in source for s in a.get_chemical_symbols()}
-    if pairs and {s for a, _ in pairs for s in a.get_chemical_symbols()} >= elements:
+    near = [(a, b) for a, b in pairs if near_equilibrium(b)]
+    missing = _elements(a for a, _ in pairs) - _elements(a for a, _ in near)
+    pairs = near + [(a, b) for a, b in pairs if not near_equilibrium(b) and missing & set(a.get_chemical_symbols())]
+    if pairs and _elements(a for a, _ in pairs) >= _elements(source):
         return fit_element_energies(
             [a for a, _ in pairs], [a.get_potential_energy() - b.get_potential_energy() for a, b in pairs]
         )
