@@ -682,8 +682,9 @@ def energy_offsets(
     by_id = {a.info["structure_id"]: a for a in target if "structure_id" in a.info}
     pairs = [(a, by_id[a.info["structure_id"]]) for a in source if a.info.get("structure_id") in by_id]
     near = [(a, b) for a, b in pairs if near_equilibrium(b)]
-    missing = _elements(a for a, _ in pairs) - _elements(a for a, _ in near)
-    pairs = near + [(a, b) for a, b in pairs if not near_equilibrium(b) and missing & set(a.get_chemical_symbols())]
+    far = [(a, b) for a, b in pairs if not near_equilibrium(b)]
+    missing = _elements(a for a, _ in far) - _elements(a for a, _ in near)
+    pairs = near + [(a, b) for a, b in far if missing & set(a.get_chemical_symbols())]
     if pairs and _elements(a for a, _ in pairs) >= _elements(source):
         return fit_element_energies(
             [a for a, _ in pairs], [a.get_potential_energy() - b.get_potential_energy() for a, b in pairs]
