@@ -5,16 +5,17 @@
 ``DIR`` is the output folder of examples/default_model/build_data.sh; only ``lab_heldout.extxyz`` and
 ``dfpt/test.extxyz`` are read. ``--model`` defaults to the bundled model. Sections:
 
-1. Distillation vs the CHGNet teacher on ``lab_heldout.extxyz``: MAE of energy (meV/atom), forces (eV/Å, per
-   component), stress (GPa, per component of the 3x3 tensor) and magmoms (μB), beside a trivial baseline
-   (energy: the set's mean energy per atom, the paper's "dummy predictor"; forces and stress: zero; magmoms: the
-   set's mean moment), each model MAE with a 95 % bootstrap interval over the structures (the error is
-   dominated by a few strongly strained or compressed structures: with ~250 of them the stress interval spans
-   ±30 %, with ~2,000 ±10 %). Then energy and stress by the generator's tags: ``category`` (phonondb crystal, element
-   or binary prototype) and ``kind`` (rattle, strain, compress); with ``--train FILE ...`` (the training
-   extxyz files) also by whether the structure's base (``info["base"]``, e.g. ``CsTe:rocksalt``) occurs in them;
-   and by the teacher's pressure |p| (bins of ``PRESSURE_EDGES``).
-   Last, the structures with the largest energy errors and the share of the summed error the worst tenth carries.
+1. Distillation vs the CHGNet teacher on ``lab_heldout.extxyz``: MAE of energy (meV/atom; a model fine-tuned onto
+   another energy scale is compared with the teacher's energies moved by the per-element offsets it records, on the
+   structures whose elements all have one), forces (eV/Å, per component), stress (GPa, per component of the 3x3
+   tensor) and magmoms (μB), beside a trivial baseline (energy: the set's mean energy per atom, the paper's "dummy
+   predictor"; forces and stress: zero; magmoms: the set's mean moment), each model MAE with a 95 % bootstrap
+   interval over the structures (the error is dominated by a few strongly strained or compressed structures: with
+   ~250 of them the stress interval spans ±30 %, with ~2,000 ±10 %). Then energy and stress by the generator's tags:
+   ``category`` (phonondb crystal, element or binary prototype) and ``kind`` (rattle, strain, compress); with
+   ``--train FILE ...`` (the training extxyz files) also by whether the structure's base (``info["base"]``, e.g.
+   ``CsTe:rocksalt``) occurs in them; and by the teacher's pressure |p| (bins of ``PRESSURE_EDGES``). Last, the
+   structures with the largest energy errors and the share of the summed error the worst tenth carries.
 2. DFPT test split: Z* MAE (e, all 9 components of every atom) and eps_inf MAE (9 components per structure),
    beside the baseline Z* = 0, eps_inf = identity; 95 % bootstrap intervals over the structures.
 3. 3C-SiC: FIRE cell relaxation -> a (Å); Z*_Si,xx (e) and eps_inf,xx there; phonons (4x4x4 supercell of the
@@ -161,7 +162,8 @@ def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict
             a.info["base_in_training"] = f"{a.info.get('category', '?')}:{seen}"
     predictions = model.predict(frames, batch_size=BATCH)
     n_atoms = np.array([len(a) for a in frames])
-    e_ref = np.array([a.get_potential_energy() for a in frames]) / n_atoms
+    e_ref, has_energy = teacher_energies(model, frames)
+    e_ref = e_ref / n_atoms
     e_model = np.array([p.energy for p in predictions]) / n_atoms
     f_ref = np.concatenate([a.get_forces() for a in frames])
     f_model = np.concatenate([p.forces for p in predictions])
@@ -169,23 +171,24 @@ def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict
     s_model = np.array([p.stress for p in predictions]) / units.GPa
     m_ref = np.concatenate([a.get_magnetic_moments() for a in frames])
     m_model = np.concatenate([p.magmoms for p in predictions])
+    e_error = np.where(has_energy, 1000 * np.abs(e_model - e_ref), np.nan)  # meV/atom; NaN: no energy compared
+    compared = e_error[has_energy]
     model_mae = {
-        "energy": 1000 * np.abs(e_model - e_ref).mean(),
+        "energy": compared.mean(),
         "forces": np.abs(f_model - f_ref).mean(),
         "stress": np.abs(s_model - s_ref).mean(),
         "magmoms": np.abs(m_model - m_ref).mean(),
     }
     baseline_mae = {
-        "energy": 1000 * np.abs(e_ref - e_ref.mean()).mean(),
+        "energy": 1000 * np.abs(e_ref[has_energy] - e_ref[has_energy].mean()).mean(),
         "forces": np.abs(f_ref).mean(),
         "stress": np.abs(s_ref).mean(),
         "magmoms": np.abs(m_ref - m_ref.mean()).mean(),
     }
-    e_error = 1000 * np.abs(e_model - e_ref)
     s_error = np.abs(s_model - s_ref).mean(axis=(1, 2))
     ones = np.ones(len(frames))
     intervals = {
-        "energy": bootstrap_interval(e_error, ones),
+        "energy": bootstrap_interval(compared, ones[has_energy]),
         "forces": bootstrap_interval(*per_structure(f_model - f_ref, n_atoms)),
         "stress": bootstrap_interval(s_error, ones),
         "magmoms": bootstrap_interval(*per_structure(m_model - m_ref, n_atoms)),
@@ -202,13 +205,14 @@ def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict
     ]
     for name, chosen in selections:
         if chosen.any():
+            energies = e_error[chosen & has_energy]
             groups[name] = {
                 "structures": int(chosen.sum()),
-                "energy": e_error[chosen].mean(),
-                "energy_median": float(np.median(e_error[chosen])),
+                "energy": energies.mean() if len(energies) else math.nan,
+                "energy_median": float(np.median(energies)) if len(energies) else math.nan,
                 "stress": s_error[chosen].mean(),
             }
-    order = np.argsort(-e_error)
+    order = np.flatnonzero(has_energy)[np.argsort(-compared)]
     worst = [
         {
             "base": str(frames[k].info.get("base", "?")),
@@ -219,18 +223,34 @@ def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict
         }
         for k in order[:WORST]
     ]
-    tenth = max(1, len(frames) // 10)
+    tenth = max(1, len(compared) // 10)
     return {
         "structures": len(frames),
         "atoms": int(n_atoms.sum()),
+        "energy_structures": int(has_energy.sum()),
+        "energy_offsets": "energy_offsets" in model.metadata,
         "mae": model_mae,
         "interval": intervals,
         "baseline_mae": baseline_mae,
-        "energy_median": float(np.median(e_error)),
+        "energy_median": float(np.median(compared)),
         "groups": groups,
         "worst": worst,
-        "worst_tenth_share": float(e_error[order[:tenth]].sum() / e_error.sum()),
+        "worst_tenth_share": float(e_error[order[:tenth]].sum() / compared.sum()),
     }
+
+
+def teacher_energies(model, frames: list[Atoms]) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's energies (eV) on the model's energy scale, and whether each frame has one. A model fine-tuned
+    onto another scale records its per-element offsets δ (metadata ``energy_offsets``): the teacher's E - sum δ
+    then; a frame with an element without an offset has no comparable energy."""
+    energies = np.array([a.get_potential_energy() for a in frames])
+    if "energy_offsets" not in model.metadata:
+        return energies, np.ones(len(frames), bool)
+    offsets = json.loads(model.metadata["energy_offsets"])["eV"]
+    symbols = [a.get_chemical_symbols() for a in frames]
+    has_energy = np.array([all(s in offsets for s in chosen) for chosen in symbols])
+    shift = np.array([sum(offsets[s] for s in chosen) if ok else 0.0 for chosen, ok in zip(symbols, has_energy)])
+    return energies - shift, has_energy
 
 
 def print_distillation(result: dict) -> None:
@@ -238,6 +258,11 @@ def print_distillation(result: dict) -> None:
         f"\n== 1. Distillation vs the CHGNet teacher: lab_heldout.extxyz, {result['structures']} structures, "
         f"{result['atoms']} atoms =="
     )
+    if result["energy_offsets"]:
+        print(
+            f"energies on the model's scale (teacher minus the model's per-element offsets): "
+            f"{result['energy_structures']} structures whose elements all have an offset"
+        )
     baselines = {
         "energy": "mean E/atom of the set",
         "forces": "F = 0",

@@ -122,6 +122,18 @@ def _describe_repulsion(value: str) -> str:
         return value
 
 
+def _describe_energy_offsets(value: str | None) -> str:
+    """One line for the ``energy_offsets`` metadata (absent: the training data's own scale)."""
+    if value is None:
+        return "that of the training data"
+    try:
+        record = json.loads(value)
+        offsets = record["eV"]
+        return f"moved by per-element offsets ({len(offsets)} elements, from {record['file']}; see --json)"
+    except (ValueError, KeyError, TypeError):
+        return value
+
+
 def describe_training_data(value: str) -> list[str]:
     """Readable lines for the ``training_data`` metadata: one per training stage, oldest first (how many structures
     carry each label, and the files), then the latest stage's description, wrapped. A JSON record of stages is
@@ -210,6 +222,7 @@ def info(model: str | None, as_json: bool, reader: str) -> None:
     row("precision", meta["precision"])
     row("cutoff", f"{meta['cutoff']} Å")
     row("short-range repulsion", _describe_repulsion(meta.get("short_range_repulsion", "none")))
+    row("energy scale", _describe_energy_offsets(meta.get("energy_offsets")))
     row("elements", _describe_elements(meta["elements"]))
     row("parameters (trained)", f"{int(meta['parameter_count']):,}")
     lines = describe_training_data(meta["training_data"])

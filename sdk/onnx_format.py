@@ -98,6 +98,9 @@ OPTIONAL_KEYS = {
     "(absent: not recorded)",
     "short_range_repulsion": "JSON: form and parameters of the pair repulsion inside the energy (ZBL with a switch), "
     "or 'none' (absent: none)",
+    "energy_offsets": "JSON: the per-element offsets by which fine-tuning moved the energy scale, E_Z -> E_Z - "
+    "eV[Z] (eV per atom; e.g. from CHGNet's MPtrj scale to GPAW PBE's), with the offsets file and its sha256 "
+    "(absent: the scale of the training data, never moved)",
     KEY_SESSION_OPTIONS: "JSON: onnxruntime SessionOptions per device (cpu, cuda) the graph needs (absent: "
     "SESSION_OPTIONS)",
     "weights_sha256": "sha256 of the weights (every initializer's data bytes in graph order, ``weights_sha256()``), "

@@ -516,6 +516,7 @@ def test_info_cli(files):
         "nodes",
         "parameters",
         "source checkpoint sha256",
+        "energy scale",
         "unit-test data",
         *INPUT_NAMES,
         *OUTPUT_NAMES,

@@ -61,7 +61,7 @@ def structures():
         "slab": slab,
         "molecule": rattled(molecule("CH3CH2OH"), 4, 0.05),
         "one_atom": Atoms("Fe", cell=np.diag([2.4, 2.5, 2.6]), pbc=True),
-        # Mg-O bonds from ~0.6 to ~0.85 times the sum of covalent radii: across the repulsion's switch
+        # Mg-O bonds from ~0.6 to ~0.85 times the sum of covalent radii: inside the repulsion's switch and beyond
         "compressed": rattled(bulk("MgO", "rocksalt", a=3.0) * (2, 1, 1), 5, 0.15),
     }
 

@@ -24,6 +24,7 @@ from mtsim.training import build_model, load_checkpoint, save_checkpoint  # noqa
 from mtsim.training.checkpoint import file_sha256  # noqa: E402
 from mtsim.training.config import ConfigError, TrainConfig, load_config  # noqa: E402
 from mtsim.training.data import AtomsDataset, collate, extract_labels  # noqa: E402
+from mtsim.training.exporter import export_metadata  # noqa: E402
 from mtsim.training.loss import DEFAULT_WEIGHTS, multitask_loss  # noqa: E402
 from mtsim.training.model import PROPERTIES, with_repulsion  # noqa: E402
 from mtsim.training.trainer import (  # noqa: E402
@@ -345,6 +346,9 @@ def test_finetuning_moves_the_energy_scale_by_the_offsets(tmp_path, data_file, d
     assert after["energy"] == pytest.approx(before["energy"] + shift, abs=1e-9)
     np.testing.assert_allclose(after["forces"], before["forces"], atol=1e-12)
     assert model.metadata["energy_offsets"]["eV"] == offsets
+    # exported files state the moved scale; a model never moved has no such entry
+    assert json.loads(export_metadata(model, "float64")["energy_offsets"])["eV"] == offsets
+    assert "energy_offsets" not in export_metadata(base, "float64")
     (tmp_path / "bad.json").write_text(json.dumps({"offsets_eV_per_atom": {"Xx": 1.0}}))
     finetune["energy_offsets"] = str(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="Xx"):
@@ -352,8 +356,6 @@ def test_finetuning_moves_the_energy_scale_by_the_offsets(tmp_path, data_file, d
 
 
 def test_provenance_names_untrained_heads_and_data(tmp_path, data_file, dataset):
-    from mtsim.training.exporter import export_metadata
-
     config = make_config(data_file, tmp_path / "run", loss={"charges": 0.0, "magmoms": 0.0})
     config.model_name, config.training_data = "test-model", "EMT labels"
     model = prepare_model(config, dataset)

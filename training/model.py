@@ -390,7 +390,7 @@ class ZBLRepulsion(nn.Module):
     (1 - 10t^3 + 15t^4 - 6t^5, C^2), R_ij the sum of covalent radii (Cordero et al. 2008, ``ase.data``).
     """
 
-    INNER, OUTER = 0.5, 0.8
+    INNER, OUTER = 0.4, 0.7
     COEFFICIENTS = (0.18175, 0.50986, 0.28022, 0.02817)
     EXPONENTS = (3.19980, 0.94229, 0.40290, 0.20162)
     SCREENING_LENGTH = 0.8854 * BOHR  # Å

@@ -77,7 +77,7 @@ def export_metadata(model: MTModel, precision: str, checkpoint_sha256: str = "no
 
     meta = dict(getattr(model, "metadata", {}) or {})
     provenance = meta.get("training_data", meta.get("provenance", UNTRAINED))
-    return {
+    written = {
         KEY_FORMAT: FORMAT_NAME,
         KEY_VERSION: str(FORMAT_VERSION),
         "input_layout": INPUT_LAYOUT,
@@ -97,6 +97,9 @@ def export_metadata(model: MTModel, precision: str, checkpoint_sha256: str = "no
         "mtsim_version": getattr(mtsim, "__version__", "unknown"),
         KEY_SESSION_OPTIONS: json.dumps(SESSION_OPTIONS, sort_keys=True),
     }
+    if "energy_offsets" in meta:
+        written["energy_offsets"] = json.dumps(meta["energy_offsets"], sort_keys=True)
+    return written
 
 
 def export(
