@@ -123,9 +123,9 @@ def _describe_repulsion(value: str) -> str:
 
 
 def _describe_energy_offsets(value: str | None) -> str:
-    """One line for the ``energy_offsets`` metadata (absent: the training data's own scale)."""
+    """One line for the ``energy_offsets`` metadata (absent: the scale of the labels, never moved)."""
     if value is None:
-        return "that of the training data"
+        return "as labelled (not moved)"
     try:
         record = json.loads(value)
         offsets = record["eV"]
