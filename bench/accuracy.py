@@ -242,7 +242,8 @@ def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict
 def teacher_energies(model, frames: list[Atoms]) -> tuple[np.ndarray, np.ndarray]:
     """The teacher's energies (eV) on the model's energy scale, and whether each frame has one. A model fine-tuned
     onto another scale records its per-element offsets δ (metadata ``energy_offsets``): the teacher's E - sum δ
-    then; a frame with an element without an offset has no comparable energy."""
+    then; a frame with an element without an offset has no comparable energy (the rule of
+    ``mtsim.training.builders.dft.align_energies``, which this torch-free script does not import)."""
     energies = np.array([a.get_potential_energy() for a in frames])
     if "energy_offsets" not in model.metadata:
         return energies, np.ones(len(frames), bool)
@@ -260,7 +261,7 @@ def print_distillation(result: dict) -> None:
     )
     if result["energy_offsets"]:
         print(
-            f"energies on the model's scale (teacher minus the model's per-element offsets): "
+            "energies on the model's scale (teacher minus the model's per-element offsets): "
             f"{result['energy_structures']} structures whose elements all have an offset"
         )
     baselines = {

@@ -128,8 +128,7 @@ def _describe_energy_offsets(value: str | None) -> str:
         return "as labelled (not moved)"
     try:
         record = json.loads(value)
-        offsets = record["eV"]
-        return f"moved by per-element offsets ({len(offsets)} elements, from {record['file']}; see --json)"
+        return f"moved by per-element offsets ({len(record['eV'])} elements, from {record['file']}; see --json)"
     except (ValueError, KeyError, TypeError):
         return value
 
