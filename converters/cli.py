@@ -111,26 +111,33 @@ def _describe_elements(value: str) -> str:
     return value
 
 
+def _render_json(value: str, render) -> str:
+    """``render(json.loads(value))``, or ``value`` itself when it is not the JSON ``render`` expects."""
+    try:
+        return render(json.loads(value))
+    except (ValueError, KeyError, TypeError):
+        return value
+
+
 def _describe_repulsion(value: str) -> str:
     """One line for the ``short_range_repulsion`` metadata."""
     if value == "none":
         return "none"
-    try:
-        form = json.loads(value)
-        return f"ZBL, switched off between {form['inner']} and {form['outer']} x the sum of covalent radii"
-    except (ValueError, KeyError, TypeError):
-        return value
+    return _render_json(
+        value, lambda form: f"ZBL, switched off between {form['inner']} and {form['outer']} x the sum of covalent radii"
+    )
 
 
 def _describe_energy_offsets(value: str | None) -> str:
     """One line for the ``energy_offsets`` metadata (absent: the scale of the labels, never moved)."""
     if value is None:
         return "as labelled (not moved)"
-    try:
-        record = json.loads(value)
-        return f"moved by per-element offsets ({len(record['eV'])} elements, from {record['file']}; see --json)"
-    except (ValueError, KeyError, TypeError):
-        return value
+    return _render_json(
+        value,
+        lambda record: (
+            f"moved by per-element offsets ({len(record['eV'])} elements, from {record['file']}; see --json)"
+        ),
+    )
 
 
 def describe_training_data(value: str) -> list[str]:
