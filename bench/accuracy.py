@@ -59,7 +59,7 @@ from mtsim.field import PolarizationTracker
 from mtsim.md import MDError
 from mtsim.md import run as run_md
 from mtsim.phonon import Phonons
-from mtsim.relax import relax
+from mtsim.relax import RelaxResult, relax
 from mtsim.units import E_PER_A2_IN_UC_PER_CM2, MV_PER_CM
 
 SETTINGS = {
@@ -425,9 +425,9 @@ def centrosymmetric(polar: Atoms) -> Atoms:
     return reference
 
 
-def relaxed_p4mm(model) -> tuple[Atoms, Atoms]:
+def relaxed_p4mm(model) -> tuple[RelaxResult, RelaxResult]:
     """(cubic, P4mm): the model's relaxed cubic cell and its relaxed tetragonal one, cell and positions relaxed, the
-    latter started from Ti +0.1 Å and the O -0.05 Å along z; each a ``relax`` result."""
+    latter started from Ti +0.1 Å and the O -0.05 Å along z."""
     cubic = perovskite((1, 1, 1))
     polar = cubic.copy()
     polar.positions[1, 2] += 0.1
