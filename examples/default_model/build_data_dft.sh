@@ -4,7 +4,7 @@
 #   examples/default_model/build_data_dft.sh PHONONDB_DIR [OUT_DIR]
 # PHONONDB_DIR: the phonondb_bec_eps folder (e.g. ../shared/data/phonondb_bec_eps). OUT_DIR: default data/ beside
 # this script, where stage10.yaml looks. Files build_data.sh already wrote there are kept. Needs the teacher extra:
-# pip install -e ".[train,teacher]". About 40 minutes on 2 CPU cores. Every step is seeded.
+# pip install -e ".[train,teacher]". About 20 minutes on 2 CPU cores. Every step is seeded.
 set -euo pipefail
 phonondb=$(realpath "${1:?usage: build_data_dft.sh PHONONDB_DIR [OUT_DIR]}")
 gpaw=$(realpath "$(dirname "$0")/../../data/gpaw")
