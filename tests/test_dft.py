@@ -225,6 +225,24 @@ def test_kpoint_mesh_follows_the_density_and_skips_open_directions():
         dft.DFTSettings(ecut=-1)
 
 
+def test_coverage_order_takes_one_structure_of_each_new_crystal_first_cheapest_first():
+    def frame(key, base=None):
+        atoms = bulk("Si")
+        atoms.info["structure_id"] = key
+        if base is not None:
+            atoms.info["base"] = base
+        return atoms
+
+    labelled = [frame("done", "A")]
+    todo = [frame("a1", "A"), frame("b1", "B"), frame("b2", "B"), frame("c1", "C"), frame("lone")]
+    cost = {"a1": 1.0, "b1": 5.0, "b2": 2.0, "c1": 3.0, "lone": 4.0}
+    order = [a.info["structure_id"] for a in dft.coverage_order(todo, labelled, cost)]
+    # B, C and the structure without a base are new: one each first, by cost; then A's and B's second, by cost
+    assert order == ["c1", "lone", "b1", "a1", "b2"]
+    with pytest.raises(ValueError, match="order must be"):
+        dft.run("unused.extxyz", "unused", order="cheapest")
+
+
 def test_spin_polarised_only_with_magnetic_elements():
     assert dft.initial_magmoms(bulk("Si")) is None
     moments = dft.initial_magmoms(bulk("FeO", "rocksalt", a=4.3))
@@ -457,6 +475,9 @@ def test_structure_set_is_small_split_and_deterministic(tmp_path):
     assert {a.info["split"] for a in frames} == {"train", "val", "test"}
     categories = {a.info["category"] for a in frames}
     assert categories == {"reference", "sic", "mgo", "batio3", "lah", "limno"}
+    reference = [a.info["base"] for a in frames if a.info["category"] == "reference"]
+    assert {base: reference.count(base) for base in reference} == dict.fromkeys(dft_structures.LATTICE, 40)
+    assert len({a.info["structure_id"] for a in frames}) == len(frames)
     lah10 = next(a for a in frames if a.info["base"] == "LaH10:fcc")
     assert lah10.get_chemical_formula() == "H10La"
     for atoms in frames:  # no two atoms closer than 0.6 of their covalent radii (real cells, compressed or rattled)

@@ -15,4 +15,5 @@ if [ ! -f "$here/structures.extxyz.gz" ]; then
     --out "$tmp/structures.extxyz" --seed 0
   gzip -n -9 -c "$tmp/structures.extxyz" > "$here/structures.extxyz.gz"
 fi
-python -m mtsim.training.builders.dft label --data "$here/structures.extxyz.gz" --out "$here" --workers "${2:-$(nproc)}"
+python -m mtsim.training.builders.dft label --data "$here/structures.extxyz.gz" --out "$here" --workers "${2:-$(nproc)}" \
+  --order coverage

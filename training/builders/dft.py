@@ -213,6 +213,21 @@ def relative_cost(atoms: ase.Atoms, settings: DFTSettings) -> float:
     return float(np.prod(kpoint_mesh(work, settings.kpoint_density)) * len(work) * grid * spins)
 
 
+def coverage_order(todo: Sequence[ase.Atoms], labelled: Iterable[ase.Atoms], cost: dict[str, float]) -> list[ase.Atoms]:
+    """``todo`` reordered so that a partly labelled set covers as many crystals as it can: first one structure of
+    every ``info["base"]`` that ``labelled`` does not hold yet, then the rest, each part cheapest first (``cost`` by
+    ``structure_id``). A structure without a base is a base of its own."""
+    covered = {a.info.get("base") for a in labelled} - {None}
+    first, rest = [], []
+    for atoms in todo:
+        base = atoms.info.get("base", atoms.info["structure_id"])
+        (rest if base in covered else first).append(atoms)
+        covered.add(base)
+    return sorted(first, key=lambda a: cost[a.info["structure_id"]]) + sorted(
+        rest, key=lambda a: cost[a.info["structure_id"]]
+    )
+
+
 def _in_calculation_cell(atoms: ase.Atoms) -> tuple[ase.Atoms, bool]:
     """(the structure of ``atoms`` alone in its ``calculation_cell``, whether that cell is reduced)."""
     work = _bare(atoms)
@@ -472,8 +487,12 @@ def run(
     retry_failed: bool = False,
     limit: int | None = None,
     quiet: bool = False,
+    order: str = "file",
 ) -> dict:
-    """Label every structure of ``structures`` (extxyz) into ``out``; resumable. Returns the manifest."""
+    """Label every structure of ``structures`` (extxyz) into ``out``; resumable. ``order``: ``"file"`` (as given)
+    or ``"coverage"`` (:func:`coverage_order`). Returns the manifest."""
+    if order not in ("file", "coverage"):
+        raise ValueError(f"order must be 'file' or 'coverage', not {order!r}")
     out = os.fspath(out)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     frames = ase.io.read(structures, index=":")
@@ -490,11 +509,15 @@ def run(
     failed = read_failures(failed_path)
     skip = done if retry_failed else done | set(failed)
     todo = [a for a in frames if a.info["structure_id"] not in skip]
-    todo = list({a.info["structure_id"]: a for a in todo}.values())[:limit]
+    todo = list({a.info["structure_id"]: a for a in todo}.values())
+    cost = {a.info["structure_id"]: relative_cost(a, settings) for a in todo}
+    if order == "coverage":
+        todo = coverage_order(todo, previous_frames, cost)
+    todo = todo[:limit]
+    cost = {a.info["structure_id"]: cost[a.info["structure_id"]] for a in todo}
     workers = workers or os.cpu_count() or 1
     counts = {"done": 0, "failed": 0}
     start, seconds = time.perf_counter(), []
-    cost = {a.info["structure_id"]: relative_cost(a, settings) for a in todo}
     cost_left = sum(cost.values())
     _say(
         quiet,
@@ -777,6 +800,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab.add_argument("--workers", type=int, default=None, help="parallel calculations (default: one per core)")
     lab.add_argument("--retry-failed", action="store_true", help="run the failed structures again")
     lab.add_argument("--limit", type=int, default=None, help="label at most this many structures in this run")
+    lab.add_argument(
+        "--order",
+        choices=("file", "coverage"),
+        default="file",
+        help="file: as given; coverage: one structure of every crystal (info base) not yet labelled first, then the "
+        "rest, each cheapest first",
+    )
     for field in dataclasses.fields(DFTSettings):
         if field.type in ("float", "int"):
             lab.add_argument(
@@ -829,7 +859,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [f.name for f in dataclasses.fields(DFTSettings) if f.type in ("float", "int")]
         settings = DFTSettings(bader=not args.no_bader, **{name: getattr(args, name) for name in names})
         try:
-            manifest = run(args.data, args.out, settings, args.workers, args.retry_failed, args.limit, args.quiet)
+            manifest = run(
+                args.data, args.out, settings, args.workers, args.retry_failed, args.limit, args.quiet, args.order
+            )
         except KeyboardInterrupt:
             return 130
         print(json.dumps(manifest["counts"]))
