@@ -167,14 +167,31 @@ def training_bases(paths: list[Path]) -> set[str]:
     return {str(a.info["base"]) for path in paths for a in read(path, ":") if "base" in a.info}
 
 
-def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict:
+def gpaw_compositions(path: Path) -> dict[str, str]:
+    """Reduced formula -> the split of the GPAW data set that holds it (``train`` wins over ``val``/``test``)."""
+    splits = {}
+    for atoms in read(path, ":"):
+        formula = atoms.get_chemical_formula(empirical=True)
+        if splits.get(formula) != "train":
+            splits[formula] = "train" if atoms.info.get("split") == "train" else "val/test"
+    return splits
+
+
+def distillation(
+    model, path: Path, train_bases: set[str] | None = None, gpaw_splits: dict[str, str] | None = None
+) -> dict:
     """MAEs vs the teacher's labels: energy meV/atom, forces eV/Å, stress GPa, magmoms μB; model and baseline.
-    With ``train_bases``, the groups include ``base_in_training=yes/no`` per category."""
+    With ``train_bases``, the groups include ``base_in_training=yes/no`` per category; with ``gpaw_splits``
+    (:func:`gpaw_compositions`), ``gpaw_composition`` (``train``, ``val/test`` or ``no``): where the model follows GPAW
+    instead of the teacher."""
     frames = read(path, ":")
     if train_bases is not None:
         for a in frames:
             seen = "yes" if str(a.info.get("base")) in train_bases else "no"
             a.info["base_in_training"] = f"{a.info.get('category', '?')}:{seen}"
+    if gpaw_splits is not None:
+        for a in frames:
+            a.info["gpaw_composition"] = gpaw_splits.get(a.get_chemical_formula(empirical=True), "no")
     predictions = model.predict(frames, batch_size=BATCH)
     n_atoms = np.array([len(a) for a in frames])
     e_ref, has_energy = teacher_energies(model, frames)
@@ -201,16 +218,18 @@ def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict
         "magmoms": np.abs(m_ref - m_ref.mean()).mean(),
     }
     s_error = np.abs(s_model - s_ref).mean(axis=(1, 2))
+    f_sums, f_counts = per_structure(f_model - f_ref, n_atoms)
     ones = np.ones(len(frames))
     intervals = {
         "energy": bootstrap_interval(compared, ones[has_energy]),
-        "forces": bootstrap_interval(*per_structure(f_model - f_ref, n_atoms)),
+        "forces": bootstrap_interval(f_sums, f_counts),
         "stress": bootstrap_interval(s_error, ones),
         "magmoms": bootstrap_interval(*per_structure(m_model - m_ref, n_atoms)),
     }
     groups = {}  # by the generator's tags (where the structure came from, how it was perturbed), then by pressure
     selections = []
-    for key in ("category", "kind") + (("base_in_training",) if train_bases is not None else ()):
+    keys = ("category", "kind") + (("base_in_training",) if train_bases is not None else ())
+    for key in keys + (("gpaw_composition",) if gpaw_splits is not None else ()):
         tags = np.array([str(a.info.get(key, "?")) for a in frames])
         selections += [(f"{key}={tag}", tags == tag) for tag in sorted(set(tags))]
     pressure = np.abs(np.trace(s_ref, axis1=1, axis2=2)) / 3
@@ -225,6 +244,7 @@ def distillation(model, path: Path, train_bases: set[str] | None = None) -> dict
                 "structures": int(chosen.sum()),
                 "energy": energies.mean() if len(energies) else math.nan,
                 "energy_median": float(np.median(energies)) if len(energies) else math.nan,
+                "forces": f_sums[chosen].sum() / f_counts[chosen].sum(),
                 "stress": s_error[chosen].mean(),
             }
     order = np.flatnonzero(has_energy)[np.argsort(-compared)]
@@ -308,9 +328,10 @@ def print_distillation(result: dict) -> None:
     table(["quantity", "model MAE", "95 % interval", "baseline MAE", "baseline", "target", "result"], rows)
     print(f"\nby group (energy median over all: {result['energy_median']:.4g} meV/atom)")
     rows = [
-        [name, g["structures"], g["energy"], g["energy_median"], g["stress"]] for name, g in result["groups"].items()
+        [name, g["structures"], g["energy"], g["energy_median"], g["forces"], g["stress"]]
+        for name, g in result["groups"].items()
     ]
-    table(["group", "structures", "E MAE (meV/atom)", "E median", "stress MAE (GPa)"], rows)
+    table(["group", "structures", "E MAE (meV/atom)", "E median", "F MAE (eV/Å)", "stress MAE (GPa)"], rows)
     share = 100 * result["worst_tenth_share"]
     print(f"\nlargest energy errors (the worst tenth of the structures carries {share:.0f} % of the summed error)")
     rows = [[w["base"], w["kind"], w["formula"], w["volume_per_atom"], w["energy_error"]] for w in result["worst"]]
@@ -845,7 +866,10 @@ def main() -> None:
     sections = {
         "distillation": (
             lambda: distillation(
-                model, args.data / "lab_heldout.extxyz", None if args.train is None else training_bases(args.train)
+                model,
+                args.data / "lab_heldout.extxyz",
+                None if args.train is None else training_bases(args.train),
+                None if args.gpaw is None else gpaw_compositions(args.gpaw),
             ),
             print_distillation,
         ),

@@ -26,7 +26,8 @@ once lab_heldout.extxyz $teacher --data gen_heldout.extxyz --out lab_heldout.ext
 $dft split --labelled "$gpaw/labelled.extxyz.gz" --out gpaw
 # CHGNet on the GPAW train frames: the pairs that fix the per-element offsets between the two energy scales
 $teacher --data gpaw/gpaw_train.extxyz --out chgnet_pairs.extxyz
-# replay: the CHGNet frames whose composition the GPAW set does not hold, energies moved onto the GPAW scale
-# (offsets in lab_replay_gpaw.extxyz.offsets.json, which stage10.yaml hands to the trainer)
+# replay: the CHGNet frames whose composition the labelled GPAW set does not hold (any split: test compositions stay
+# unseen), energies moved onto the GPAW scale (offsets in lab_replay_gpaw.extxyz.offsets.json, which stage10.yaml
+# hands to the trainer). Compositions of structures not yet labelled keep their replay.
 $dft align --gpaw gpaw/gpaw_train.extxyz --other lab_train.extxyz --pairs chgnet_pairs.extxyz \
-    --covered "$gpaw/structures.extxyz.gz" --out lab_replay_gpaw.extxyz
+    --covered "$gpaw/labelled.extxyz.gz" --out lab_replay_gpaw.extxyz
