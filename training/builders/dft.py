@@ -223,9 +223,10 @@ def coverage_order(todo: Sequence[ase.Atoms], labelled: Iterable[ase.Atoms], cos
         base = atoms.info.get("base", atoms.info["structure_id"])
         (rest if base in covered else first).append(atoms)
         covered.add(base)
-    return sorted(first, key=lambda a: cost[a.info["structure_id"]]) + sorted(
-        rest, key=lambda a: cost[a.info["structure_id"]]
-    )
+    def by_cost(atoms: ase.Atoms) -> float:
+        return cost[atoms.info["structure_id"]]
+
+    return sorted(first, key=by_cost) + sorted(rest, key=by_cost)
 
 
 def _in_calculation_cell(atoms: ase.Atoms) -> tuple[ase.Atoms, bool]:
