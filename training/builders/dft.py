@@ -223,6 +223,7 @@ def coverage_order(todo: Sequence[ase.Atoms], labelled: Iterable[ase.Atoms], cos
         base = atoms.info.get("base", atoms.info["structure_id"])
         (rest if base in covered else first).append(atoms)
         covered.add(base)
+
     def by_cost(atoms: ase.Atoms) -> float:
         return cost[atoms.info["structure_id"]]
 
