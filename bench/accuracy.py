@@ -599,6 +599,7 @@ def first_principles(model, path: Path) -> dict:
     s_error = np.array([p.stress - a.get_stress(voigt=False) for a, p in zip(test, predict["test"])]) / units.GPa
     charged = [(a, p) for a, p in zip(test, predict["test"]) if "charges" in a.calc.results]
     q_error = np.concatenate([p.charges - a.calc.results["charges"] for a, p in charged]) if charged else np.zeros(0)
+    q_category = np.array([str(a.info.get("category", "?")) for a, _ in charged for _ in a], dtype=str)
     ones = np.ones(len(test))
     mae = {
         "energy_raw": errors["energy_raw"].mean(),
@@ -626,6 +627,7 @@ def first_principles(model, path: Path) -> dict:
             "forces": float(np.sum(f_per_structure[categories == tag] * n_atoms[categories == tag]))
             / float(n_atoms[categories == tag].sum()),
             "stress": np.abs(s_error[categories == tag]).mean(),
+            "charges": np.abs(q_error[q_category == tag]).mean() if np.any(q_category == tag) else math.nan,
         }
         for tag in sorted(set(categories))
     }
@@ -673,8 +675,11 @@ def print_first_principles(result: dict) -> None:
         )
     table(["quantity", "model MAE", "95 % interval", "target", "result"], rows)
     print("\nby category (energy with the offsets)")
-    rows = [[tag, g["structures"], g["energy"], g["forces"], g["stress"]] for tag, g in result["groups"].items()]
-    table(["category", "structures", "E MAE (meV/atom)", "F MAE (eV/Å)", "stress MAE (GPa)"], rows)
+    rows = [
+        [tag, g["structures"], g["energy"], g["forces"], g["stress"], g["charges"]]
+        for tag, g in result["groups"].items()
+    ]
+    table(["category", "structures", "E MAE (meV/atom)", "F MAE (eV/Å)", "stress MAE (GPa)", "Q MAE (e)"], rows)
     if result["lah_pressures"]:
         print(f"\nLa-H cells (val and test splits): pressure, target within {LAH_PRESSURE_TOLERANCE:g} % of GPAW")
         rows = [
